@@ -1,0 +1,33 @@
+"""Linear over-parameterization of Linear and Conv layers, with exact closed-form collapse.
+
+Huh et al., "The Low-Rank Simplicity Bias in Deep Networks", TMLR 2023.
+"""
+
+from .chain import OverparamChain
+from .convert import (
+    ConversionReport,
+    collapse,
+    collapsed_state_dict,
+    convert_model,
+    from_stock,
+    overparameterize,
+)
+from .init import init_chain_
+from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OverparamChain",
+    "OverparamLinear",
+    "OverparamConv1d",
+    "OverparamConv2d",
+    "OverparamConv3d",
+    "ConversionReport",
+    "convert_model",
+    "from_stock",
+    "overparameterize",
+    "collapse",
+    "collapsed_state_dict",
+    "init_chain_",
+]

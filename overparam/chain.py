@@ -1,0 +1,270 @@
+"""The over-parameterized layer: a chain of factors that trains expanded and runs collapsed.
+
+Training runs either the factors in sequence ("expanded", required when the chain has batch
+norm) or one conv/linear with the effective weight built by autograd ("composed"), chosen per
+input shape by counted multiply-adds. Eval uses the effective weight, cached and rebuilt
+whenever a factor or BN tensor changes. Both paths compute the same function.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .compose import bn_affine, collapse_chain
+from .cost import prefer_composed
+from .plan import ChainPlan
+
+__all__ = ["OverparamChain", "TrainPath"]
+
+TrainPath = Literal["auto", "expanded", "composed"]
+
+_CONV_MODULES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BN_MODULES: dict[int, type[nn.Module]] = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+class OverparamChain(nn.Module):
+    """Shared machinery of :class:`OverparamLinear` and ``OverparamConv1d/2d/3d``.
+
+    Factors live in ``factors`` (stock ``nn.Linear``/``nn.ConvNd`` modules with padding 0,
+    so ``state_dict`` keys are ``factors.{i}.weight``) and batch norms in ``norms``. The
+    collapsed weight is never a parameter or buffer, so keys are the same in train and eval.
+    """
+
+    plan: ChainPlan
+
+    def __init__(self, plan: ChainPlan, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.plan = plan
+        factory = {"device": device, "dtype": dtype}
+        factors = []
+        for i, k in enumerate(plan.kernels):
+            c_in, c_out = plan.channels[i], plan.channels[i + 1]
+            if plan.ndim == 0:
+                factors.append(nn.Linear(c_in, c_out, bias=plan.bias, **factory))
+            else:
+                factors.append(
+                    _CONV_MODULES[plan.ndim](
+                        c_in,
+                        c_out,
+                        k,
+                        stride=plan.factor_stride(i),
+                        padding=0,
+                        dilation=plan.dilation,
+                        groups=plan.groups,
+                        bias=plan.bias,
+                        **factory,
+                    )
+                )
+        self.factors = nn.ModuleList(factors)
+        if plan.batch_norm:
+            bn = _BN_MODULES[plan.ndim]
+            self.norms = nn.ModuleList(bn(c, **factory) for c in plan.channels[1:])
+        else:
+            self.norms = None
+        self._train_path: TrainPath = "auto"
+        self._path_by_shape: dict[tuple[int, ...], bool] = {}
+        self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def depth(self) -> int:
+        return self.plan.depth
+
+    @property
+    def hidden_channels(self) -> int:
+        return self.plan.channels[1] if self.plan.depth > 1 else self.plan.out_channels
+
+    @property
+    def train_path(self) -> TrainPath:
+        """``"auto"`` (by counted multiply-adds), ``"expanded"`` or ``"composed"``."""
+        return self._train_path
+
+    @train_path.setter
+    def train_path(self, value: TrainPath) -> None:
+        if value not in ("auto", "expanded", "composed"):
+            raise ValueError(f"train_path must be 'auto', 'expanded' or 'composed', got {value!r}")
+        if value == "composed" and self.plan.batch_norm:
+            raise ValueError("train_path='composed' is impossible with batch_norm=True: batch statistics "
+                             "depend on the intermediate maps, so the chain must run expanded in training")
+        self._train_path = value
+
+    # ------------------------------------------------------------------ effective weights
+    def _state_tensors(self) -> list[Tensor]:
+        tensors: list[Tensor] = []
+        for f in self.factors:
+            tensors.append(f.weight)
+            if f.bias is not None:
+                tensors.append(f.bias)
+        if self.norms is not None:
+            for bn in self.norms:
+                tensors += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+        return tensors
+
+    def effective_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """Collapse the chain now, with autograd, in the parameters' dtype (never autocast)."""
+        device_type = self.factors[0].weight.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return collapse_chain(
+                self.plan,
+                [f.weight for f in self.factors],
+                [f.bias for f in self.factors],
+                [None] * self.depth if self.norms is None else [bn_affine(bn) for bn in self.norms],
+            )
+
+    def _cached_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """The effective weight, rebuilt when any factor or BN tensor changed.
+
+        In-place updates (optimizers, EMA, ``load_state_dict``) bump a tensor's ``_version``;
+        a replaced tensor changes ``data_ptr``; ``.to()`` clears the cache in ``_apply``.
+        """
+        tensors = self._state_tensors()
+        key = tuple((t._version, t.data_ptr()) for t in tensors) + (torch.is_inference_mode_enabled(),)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                weight, bias = self.effective_weight_and_bias()
+            self._cache = (key, weight, bias)
+        return self._cache[1], self._cache[2]
+
+    def _needs_graph(self) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in self._state_tensors())
+
+    def _weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        if torch.compiler.is_compiling() or self._needs_graph():
+            return self.effective_weight_and_bias()
+        return self._cached_weight_and_bias()
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective (collapsed) weight; differentiable when grad is enabled."""
+        return self._weight_and_bias()[0]
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The effective bias, ``None`` when the chain has no factor bias and no batch norm."""
+        return self._weight_and_bias()[1]
+
+    def _apply(self, fn, recurse: bool = True):
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ forward
+    def _pad(self, x: Tensor) -> Tensor:
+        pads = [p for pair in reversed(self.plan.padding) for p in pair]
+        if not any(pads):
+            return x
+        return F.pad(x, pads, mode=_PAD_MODES[self.plan.padding_mode])
+
+    def _single_layer(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        plan = self.plan
+        if plan.ndim == 0:
+            return F.linear(x, weight, bias)
+        symmetric = all(left == right for left, right in plan.padding)
+        if plan.padding_mode == "zeros" and symmetric:
+            padding = tuple(left for left, _ in plan.padding)
+        else:
+            x, padding = self._pad(x), 0
+        return _CONV_FUNCTIONS[plan.ndim](x, weight, bias, plan.stride, padding, plan.dilation, plan.groups)
+
+    def expanded_forward(self, x: Tensor) -> Tensor:
+        """Run the factors in sequence in the current mode (BN uses running stats in eval).
+
+        All padding is applied once, before the first factor; later factors are "valid".
+        """
+        plan = self.plan
+        lead = None
+        if plan.ndim == 0:
+            lead = x.shape[:-1]
+            x = x.reshape(-1, x.shape[-1])
+        else:
+            x = self._pad(x)
+        sources = plan.skip_sources
+        saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
+        for i, factor in enumerate(self.factors, start=1):
+            x = factor(x)
+            if self.norms is not None:
+                x = self.norms[i - 1](x)
+            for skip in plan.skips_into(i):
+                x = x + _crop(saved[skip.source], skip.offset, skip.step, x.shape[2:])
+            if i in sources:
+                saved[i] = x
+        return x if lead is None else x.reshape(*lead, x.shape[-1])
+
+    def composed_forward(self, x: Tensor) -> Tensor:
+        """Build the effective weight with autograd, then run one conv/linear."""
+        weight, bias = self.effective_weight_and_bias()
+        return self._single_layer(x, weight, bias)
+
+    def _prefers_composed(self, x: Tensor) -> bool:
+        if self._train_path != "auto":
+            return self._train_path == "composed"
+        shape = tuple(x.shape)
+        choice = self._path_by_shape.get(shape)
+        if choice is None:
+            choice = self._path_by_shape[shape] = prefer_composed(self.plan, shape)
+        return choice
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            if self._prefers_composed(x):
+                return self.composed_forward(x)
+            return self.expanded_forward(x)
+        weight, bias = self._weight_and_bias()
+        return self._single_layer(x, weight, bias)
+
+    # ------------------------------------------------------------------ deploy
+    def fuse(self) -> nn.Module:
+        """The stock ``nn.Linear``/``nn.ConvNd`` computing the same function.
+
+        timm's ``reparameterize_model`` calls this on every module that has it.
+        """
+        plan = self.plan
+        weight, bias = self._weight_and_bias()
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        if plan.ndim == 0:
+            module: nn.Module = nn.Linear(plan.in_channels, plan.out_channels, bias=bias is not None, **factory)
+        else:
+            symmetric = all(left == right for left, right in plan.padding)
+            module = _CONV_MODULES[plan.ndim](
+                plan.in_channels,
+                plan.out_channels,
+                plan.kernel_size,
+                stride=plan.stride,
+                padding=tuple(left for left, _ in plan.padding) if symmetric else "same",
+                dilation=plan.dilation,
+                groups=plan.groups,
+                bias=bias is not None,
+                padding_mode=plan.padding_mode,
+                **factory,
+            )
+        requires_grad = self.factors[0].weight.requires_grad
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            if bias is not None:
+                module.bias.copy_(bias)
+        module.requires_grad_(requires_grad)
+        return module.train(self.training)
+
+    def extra_repr(self) -> str:
+        plan = self.plan
+        parts = [f"depth={plan.depth}", f"hidden={self.hidden_channels}"]
+        if plan.batch_norm:
+            parts.append("batch_norm=True")
+        if plan.skips:
+            parts.append("skips=" + ",".join(f"{s.source}->{s.target}" for s in plan.skips))
+        return ", ".join(parts)
+
+
+def _crop(source: Tensor, offset: tuple[int, ...], step: tuple[int, ...], size: torch.Size) -> Tensor:
+    """Centre-crop ``source`` by ``offset`` and subsample by ``step`` to spatial ``size``."""
+    if not offset or (not any(offset) and all(s == 1 for s in step) and source.shape[2:] == size):
+        return source
+    index = [slice(None), slice(None)]
+    for o, s, n in zip(offset, step, size):
+        index.append(slice(o, o + s * (n - 1) + 1, s))
+    return source[tuple(index)]

@@ -1,0 +1,310 @@
+"""Model conversion: stock layers to chains (``overparameterize``) and back (``collapse``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .chain import OverparamChain
+from .init import init_chain_
+from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
+
+__all__ = [
+    "STOCK_LAYERS",
+    "ConversionReport",
+    "from_stock",
+    "convert_model",
+    "overparameterize",
+    "collapse",
+    "collapsed_state_dict",
+]
+
+logger = logging.getLogger("overparam")
+
+STOCK_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CHAIN_FOR = {nn.Conv1d: OverparamConv1d, nn.Conv2d: OverparamConv2d, nn.Conv3d: OverparamConv3d}
+
+Init = Literal["match", "default"]
+Converter = Callable[..., nn.Module]
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_model` did, by module path."""
+
+    model: nn.Module
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"converted {len(self.converted)} layers, left {len(self.skipped)} stock"]
+        lines += [f"  skipped {path}: {why}" for path, why in self.skipped.items()]
+        lines += [f"  note {path}: {what}" for path, what in self.notes.items()]
+        return "\n".join(lines)
+
+
+def from_stock(
+    layer: nn.Module,
+    *,
+    depth: int = 2,
+    width: float = 1,
+    batch_norm: bool = False,
+    residual: bool = False,
+    residual_intervals: int | Sequence[int] = 2,
+    kernel_sizes: Sequence[int | Sequence[int]] | None = None,
+    init: Init = "match",
+) -> OverparamChain:
+    """A chain with exactly the architecture of a stock ``nn.Linear``/``nn.ConvNd``.
+
+    Kernel, stride, padding, dilation, groups, padding mode, bias, device and dtype are the
+    layer's, so the collapsed weights always fit the stock module again.
+
+    Args:
+        layer: the stock layer (its exact class must be one of :data:`STOCK_LAYERS`).
+        depth: number of factors (ignored when ``kernel_sizes`` is given).
+        width: hidden channels are ``int(out * width)``.
+        batch_norm: batch norm after every factor.
+        residual: identity skips (must be possible for this layer's shape).
+        residual_intervals: skip intervals.
+        kernel_sizes: a kernel split that composes to the layer's kernel (default ``[k, 1, ...]``).
+        init: ``"match"`` draws factors whose effective weight has the std of the layer's
+            current weight (which carries the architecture's own init) and copies its bias;
+            ``"default"`` uses the stock default init scale.
+
+    Raises:
+        TypeError: for a layer that is not a stock Linear/ConvNd.
+        ValueError: for options that cannot be realised exactly for this layer.
+    """
+    kind = type(layer)
+    if kind not in STOCK_LAYERS:
+        raise TypeError(f"from_stock expects one of {[c.__name__ for c in STOCK_LAYERS]}, got {kind.__name__}")
+    factory: dict[str, Any] = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    common: dict[str, Any] = dict(
+        width=width,
+        bias=layer.bias is not None,
+        batch_norm=batch_norm,
+        residual=residual,
+        residual_intervals=residual_intervals,
+        **factory,
+    )
+    chain: OverparamChain
+    if kind is nn.Linear:
+        chain = OverparamLinear(layer.in_features, layer.out_features, depth=depth, **common)
+    else:
+        ones = (1,) * len(layer.kernel_size)
+        split = [tuple(layer.kernel_size)] + [ones] * (depth - 1) if kernel_sizes is None else list(kernel_sizes)
+        chain = _CHAIN_FOR[kind](
+            layer.in_channels,
+            layer.out_channels,
+            kernel_sizes=split,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            padding_mode=layer.padding_mode,
+            **common,
+        )
+        if tuple(chain.kernel_size) != tuple(layer.kernel_size):
+            raise ValueError(
+                f"kernel_sizes={list(kernel_sizes or [])} composes to kernel {chain.kernel_size}, but the "
+                f"stock layer has kernel {tuple(layer.kernel_size)}; the split must compose to it "
+                f"(sum(k) - depth + 1 per dim)"
+            )
+    if init == "match":
+        with torch.no_grad():
+            std = float(layer.weight.detach().double().std(unbiased=False)) if layer.weight.numel() > 1 else 0.0
+        init_chain_(chain, weight_std=std, bias=None if layer.bias is None else layer.bias.detach())
+    elif init != "default":
+        raise ValueError(f"init must be 'match' or 'default', got {init!r}")
+    return chain.train(layer.training)
+
+
+def _matches(path: str, patterns: Iterable[str] | None) -> bool:
+    return patterns is not None and any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def _stock_base(module: nn.Module) -> type[nn.Module] | None:
+    for base in STOCK_LAYERS:
+        if isinstance(module, base):
+            return base
+    return None
+
+
+def convert_model(
+    model: nn.Module,
+    depth: int = 2,
+    width: float = 1,
+    batch_norm: bool = False,
+    residual: bool = False,
+    residual_intervals: int | Sequence[int] = 2,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    converters: Mapping[type[nn.Module], Converter] | None = None,
+    options_for: Callable[[str, nn.Module], Mapping[str, Any] | None] | None = None,
+    init: Init = "match",
+) -> ConversionReport:
+    """Replace stock layers by chains, in place, and report every decision.
+
+    Args:
+        model: the model to convert (a stock layer alone is returned converted).
+        depth, width, batch_norm, residual, residual_intervals: chain options for every layer.
+            ``residual=True`` adds skips where a layer's shape allows them; other layers are
+            converted without and listed in ``notes``.
+        include: module-path globs to convert (default: all).
+        exclude: module-path globs to leave stock.
+        converters: per exact module class, ``fn(module, **options) -> nn.Module`` for layer
+            types that are not stock (e.g. timm's ``Conv2dSame``); it may raise
+            ``NotImplementedError`` with a reason to leave the layer stock.
+        options_for: ``fn(path, module)`` returning per-layer options (overrides of the
+            defaults above, plus ``kernel_sizes``), or ``None`` to leave the layer stock.
+        init: see :func:`from_stock`.
+
+    Returns:
+        A :class:`ConversionReport`; ``report.model`` is the converted model.
+    """
+    defaults = dict(
+        depth=depth, width=width, batch_norm=batch_norm, residual=residual, residual_intervals=residual_intervals
+    )
+    converters = dict(converters or {})
+    report = ConversionReport(model=model)
+    if isinstance(model, OverparamChain):
+        return report
+    candidates = [(path, m) for path, m in model.named_modules() if _stock_base(m) or type(m) in converters]
+    chains = [path for path, m in model.named_modules() if isinstance(m, OverparamChain)]
+    for path, module in candidates:
+        if any(path.startswith(c + ".") for c in chains):
+            continue
+        label = path or "<root>"
+        if include is not None and not _matches(path, include):
+            report.skipped[label] = "not matched by include"
+            continue
+        if _matches(path, exclude):
+            report.skipped[label] = "matched by exclude"
+            continue
+        options: dict[str, Any] = dict(defaults)
+        if options_for is not None:
+            chosen = options_for(path, module)
+            if chosen is None:
+                report.skipped[label] = "left stock by the layer rules"
+                continue
+            options.update(chosen)
+        kind = type(module)
+        if kind in converters:
+            convert: Converter = converters[kind]
+        elif kind in STOCK_LAYERS:
+            convert = from_stock
+        else:
+            report.skipped[label] = (
+                f"{kind.__module__}.{kind.__name__} subclasses nn.{_stock_base(module).__name__} "  # type: ignore[union-attr]
+                f"with its own behaviour; register a converter for it to convert exactly"
+            )
+            continue
+        try:
+            try:
+                new = convert(module, init=init, **options)
+            except ValueError as err:
+                if not options.get("residual") or "residual_intervals" not in str(err):
+                    raise
+                new = convert(module, init=init, **{**options, "residual": False})
+                report.notes[label] = f"converted without residual: {err}"
+        except (ValueError, NotImplementedError) as err:
+            report.skipped[label] = str(err)
+            continue
+        if not path:
+            report.model = new
+        else:
+            _set_submodule(model, path, new)
+        report.converted.append(label)
+    return report
+
+
+def overparameterize(
+    model: nn.Module,
+    depth: int = 2,
+    width: float = 1,
+    batch_norm: bool = False,
+    residual: bool = False,
+    residual_intervals: int | Sequence[int] = 2,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    converters: Mapping[type[nn.Module], Converter] | None = None,
+    init: Init = "match",
+    verbose: bool = False,
+) -> nn.Module:
+    """Replace every stock Linear/ConvNd of ``model`` by an over-parameterized chain.
+
+    The seed API (``model = overparameterize(model, depth=2)``). Layers that cannot be
+    converted are named in a warning, never skipped silently; :func:`convert_model` returns
+    the full report. Arguments are those of :func:`convert_model`; ``verbose`` prints the
+    summary.
+    """
+    report = convert_model(
+        model,
+        depth,
+        width,
+        batch_norm,
+        residual,
+        residual_intervals,
+        include=include,
+        exclude=exclude,
+        converters=converters,
+        init=init,
+    )
+    unconvertible = {p: why for p, why in report.skipped.items() if "include" not in why and "exclude" not in why}
+    if unconvertible:
+        listing = "; ".join(f"{p} ({why})" for p, why in unconvertible.items())
+        warnings.warn(f"overparameterize left {len(unconvertible)} layers stock: {listing}", stacklevel=2)
+    (print if verbose else logger.info)(report.summary())
+    return report.model
+
+
+def collapse(model: nn.Module) -> nn.Module:
+    """Replace every chain by its stock layer (``fuse()``), in place, at the same paths.
+
+    The result's ``state_dict`` loads with ``strict=True`` into the unmodified architecture.
+    """
+    if isinstance(model, OverparamChain):
+        return model.fuse()
+    for path, module in list(model.named_modules()):
+        if isinstance(module, OverparamChain):
+            _set_submodule(model, path, module.fuse())
+    return model
+
+
+def collapsed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``collapse(model)``, without changing ``model``.
+
+    Keys keep the model's order; each chain's keys become ``{path}.weight`` (and ``.bias``).
+    """
+    chains = {path: m for path, m in model.named_modules() if isinstance(m, OverparamChain)}
+    if "" in chains:
+        return dict(chains[""].fuse().state_dict())
+    out: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+    for key, value in model.state_dict().items():
+        owner = next((p for p in chains if key.startswith(p + ".")), None)
+        if owner is None:
+            out[key] = value
+        elif owner not in done:
+            done.add(owner)
+            with torch.no_grad():
+                weight, bias = chains[owner]._weight_and_bias()
+            out[f"{owner}.weight"] = weight.detach()
+            if bias is not None:
+                out[f"{owner}.bias"] = bias.detach()
+    return out

@@ -1,0 +1,288 @@
+"""The shape of a chain: argument parsing, validation and geometry, with no tensors.
+
+A chain maps node 0 (the padded input) to node ``L`` (the output) through ``L`` factors.
+Node ``i`` is ``BN_i(F_i(node_{i-1})) + sum of skips into i``. Everything the expanded
+forward, the closed-form collapse and the cost model need to agree on lives here, so the
+three can never disagree about where the stride sits or how a skip is cropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["ChainPlan", "Skip", "make_plan", "PADDING_MODES"]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An identity skip from node ``source`` into node ``target``.
+
+    The source map is cropped by ``offset`` positions at the start of each spatial dim
+    (half the receptive-field growth between the nodes) and subsampled by ``step``.
+    """
+
+    source: int
+    target: int
+    offset: tuple[int, ...]
+    step: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """Validated structure of one over-parameterized layer.
+
+    ``ndim`` is the number of spatial dims (0 for Linear). Kernel sizes are in undilated
+    taps; ``node_kernels[i]`` is the composed kernel from the input to node ``i``.
+    """
+
+    ndim: int
+    channels: tuple[int, ...]
+    kernels: tuple[tuple[int, ...], ...]
+    node_kernels: tuple[tuple[int, ...], ...]
+    stride: tuple[int, ...]
+    stride_factor: int
+    dilation: tuple[int, ...]
+    groups: int
+    padding: tuple[tuple[int, int], ...]
+    padding_mode: str
+    bias: bool
+    batch_norm: bool
+    skips: tuple[Skip, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.kernels)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[-1]
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """The effective (collapsed) kernel size."""
+        return self.node_kernels[-1]
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether the collapsed layer has a bias (factor biases or BN shifts)."""
+        return self.bias or self.batch_norm
+
+    def factor_stride(self, index: int) -> tuple[int, ...]:
+        return self.stride if index == self.stride_factor else (1,) * self.ndim
+
+    def skips_into(self, node: int) -> tuple[Skip, ...]:
+        return tuple(s for s in self.skips if s.target == node)
+
+    @property
+    def skip_sources(self) -> frozenset[int]:
+        return frozenset(s.source for s in self.skips)
+
+
+def _ntuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    if isinstance(value, int):
+        return (value,) * ndim
+    if isinstance(value, Sequence) and len(value) == ndim and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+
+
+def _positive(values: tuple[int, ...], name: str, minimum: int = 1) -> tuple[int, ...]:
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum}, got {values}")
+    return values
+
+
+def _factor_kernels(
+    kernel_sizes: int | Sequence[int | Sequence[int]], depth: int | None, ndim: int
+) -> tuple[tuple[int, ...], ...]:
+    """``k`` means ``[k, 1, ..., 1]`` of length ``depth`` (default 2); a list sets the depth."""
+    if ndim == 0:
+        if depth is None:
+            depth = 2
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        return ((),) * depth
+    if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool):
+        depth = 2 if depth is None else depth
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        first = _positive(_ntuple(kernel_sizes, ndim, "kernel_sizes"), "kernel_sizes")
+        return (first,) + ((1,) * ndim,) * (depth - 1)
+    if isinstance(kernel_sizes, Sequence) and not isinstance(kernel_sizes, str):
+        if len(kernel_sizes) == 0:
+            raise ValueError("kernel_sizes must not be empty: give one kernel size per factor")
+        if depth is not None and depth != len(kernel_sizes):
+            raise ValueError(
+                f"depth={depth} disagrees with kernel_sizes={list(kernel_sizes)} "
+                f"({len(kernel_sizes)} factors); a list of kernel sizes sets the depth"
+            )
+        return tuple(
+            _positive(_ntuple(k, ndim, f"kernel_sizes[{i}]"), f"kernel_sizes[{i}]")
+            for i, k in enumerate(kernel_sizes)
+        )
+    raise ValueError(f"kernel_sizes must be an int or a list of kernel sizes, got {kernel_sizes!r}")
+
+
+def _intervals(residual_intervals: int | Sequence[int], depth: int) -> list[int]:
+    raw = [residual_intervals] if isinstance(residual_intervals, int) else list(residual_intervals)
+    out: list[int] = []
+    for n in raw:
+        if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
+            raise ValueError(
+                f"residual_intervals entries must be ints >= 1 or -1 (one skip over the whole "
+                f"chain), got {residual_intervals!r}"
+            )
+        n = depth if n == -1 else n
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _padding(
+    padding: int | Sequence[int] | str,
+    ndim: int,
+    kernel: tuple[int, ...],
+    dilation: tuple[int, ...],
+    stride: tuple[int, ...],
+) -> tuple[tuple[int, int], ...]:
+    if padding == "valid":
+        return ((0, 0),) * ndim
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"padding='same' needs stride 1 (as in torch.nn.Conv), got stride={stride}")
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+    pads = _positive(_ntuple(padding, ndim, "padding"), "padding", minimum=0)
+    return tuple((p, p) for p in pads)
+
+
+def make_plan(
+    in_channels: int,
+    out_channels: int,
+    *,
+    ndim: int,
+    kernel_sizes: int | Sequence[int | Sequence[int]] = 1,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    width: float = 1,
+    depth: int | None = None,
+    bias: bool = True,
+    batch_norm: bool = False,
+    residual: bool = False,
+    residual_intervals: int | Sequence[int] = 2,
+) -> ChainPlan:
+    """Validate layer arguments and lay out the chain.
+
+    Raises:
+        ValueError: naming the argument and what was expected, for any configuration that
+            cannot be collapsed exactly.
+    """
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"in_channels={in_channels} and out_channels={out_channels} must both be divisible "
+            f"by groups={groups}"
+        )
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+    kernels = _factor_kernels(kernel_sizes, depth, ndim)
+    depth = len(kernels)
+    stride_t = _positive(_ntuple(stride, ndim, "stride"), "stride")
+    dilation_t = _positive(_ntuple(dilation, ndim, "dilation"), "dilation")
+
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not math.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a positive number, got {width!r}")
+    hidden = int(out_channels * width)
+    if depth > 1:
+        if hidden < 1:
+            raise ValueError(
+                f"width={width} leaves no hidden channel: int(out_channels * width) = "
+                f"int({out_channels} * {width}) = {hidden}; expected >= 1"
+            )
+        if hidden % groups:
+            raise ValueError(
+                f"hidden channels int(out_channels * width) = {hidden} must be divisible by "
+                f"groups={groups}; choose another width"
+            )
+    channels = (in_channels,) + (hidden,) * (depth - 1) + (out_channels,)
+
+    node_kernels = [(1,) * ndim]
+    for k in kernels:
+        node_kernels.append(tuple(a + b - 1 for a, b in zip(node_kernels[-1], k)))
+    effective = node_kernels[-1]
+
+    # The stride sits on the last factor with a kernel larger than 1: every factor after it is
+    # 1x1, which commutes with subsampling, so the collapse stays exact and big kernels run at
+    # the reduced resolution whenever the split allows.
+    big = [i for i, k in enumerate(kernels) if any(v > 1 for v in k)]
+    stride_factor = big[-1] if big else 0
+
+    pad = _padding(padding, ndim, effective, dilation_t, stride_t)
+
+    skips: list[Skip] = []
+    if residual:
+        pairs: list[tuple[int, int]] = []
+        for n in _intervals(residual_intervals, depth):
+            for target in range(n, depth + 1, n):
+                if (target - n, target) not in pairs:
+                    pairs.append((target - n, target))
+        for source, target in sorted(pairs, key=lambda p: (p[1], p[0])):
+            if channels[source] != channels[target]:
+                raise ValueError(
+                    f"residual_intervals={residual_intervals!r}: a skip from node {source} "
+                    f"({channels[source]} channels) to node {target} ({channels[target]} "
+                    f"channels) needs equal channel counts (in_channels={in_channels}, hidden="
+                    f"int(out_channels * width)={hidden}, out_channels={out_channels})"
+                )
+            growth = tuple(b - a for a, b in zip(node_kernels[source], node_kernels[target]))
+            if any(g % 2 for g in growth):
+                raise ValueError(
+                    f"residual_intervals={residual_intervals!r}: a skip from node {source} to "
+                    f"node {target} spans a receptive-field growth of {growth} taps; it must be "
+                    f"even in every dim to centre the identity (use odd kernel sizes)"
+                )
+            before_stride = source <= stride_factor < target
+            skips.append(
+                Skip(
+                    source=source,
+                    target=target,
+                    offset=tuple(d * g // 2 for d, g in zip(dilation_t, growth)),
+                    step=stride_t if before_stride else (1,) * ndim,
+                )
+            )
+
+    return ChainPlan(
+        ndim=ndim,
+        channels=channels,
+        kernels=kernels,
+        node_kernels=tuple(node_kernels),
+        stride=stride_t,
+        stride_factor=stride_factor,
+        dilation=dilation_t,
+        groups=groups,
+        padding=pad,
+        padding_mode=padding_mode,
+        bias=bool(bias),
+        batch_norm=bool(batch_norm),
+        skips=tuple(skips),
+    )
