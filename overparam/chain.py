@@ -90,8 +90,10 @@ class OverparamChain(nn.Module):
         if value not in ("auto", "expanded", "composed"):
             raise ValueError(f"train_path must be 'auto', 'expanded' or 'composed', got {value!r}")
         if value == "composed" and self.plan.batch_norm:
-            raise ValueError("train_path='composed' is impossible with batch_norm=True: batch statistics "
-                             "depend on the intermediate maps, so the chain must run expanded in training")
+            raise ValueError(
+                "train_path='composed' is impossible with batch_norm=True: batch statistics "
+                "depend on the intermediate maps, so the chain must run expanded in training"
+            )
         self._train_path = value
 
     # ------------------------------------------------------------------ effective weights

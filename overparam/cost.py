@@ -20,10 +20,7 @@ def _factor_output_sizes(plan: ChainPlan, spatial: Sequence[int]) -> list[tuple[
     sizes = []
     for i, k in enumerate(plan.kernels):
         stride = plan.factor_stride(i)
-        size = tuple(
-            max((n - d * (kk - 1) - 1) // s + 1, 0)
-            for n, kk, d, s in zip(size, k, plan.dilation, stride)
-        )
+        size = tuple(max((n - d * (kk - 1) - 1) // s + 1, 0) for n, kk, d, s in zip(size, k, plan.dilation, stride))
         sizes.append(size)
     return sizes
 

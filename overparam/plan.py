@@ -9,6 +9,7 @@ three can never disagree about where the stride sits or how a skip is cropped.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,15 +87,24 @@ class ChainPlan:
         return frozenset(s.source for s in self.skips)
 
 
-def _ntuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+def _as_int(value: object) -> int | None:
+    """``value`` as an int if it is an integer (numpy integers too, not bools), else None."""
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
-    if isinstance(value, int):
-        return (value,) * ndim
-    if isinstance(value, Sequence) and len(value) == ndim and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        return tuple(value)
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _ntuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    single = _as_int(value)
+    if single is not None:
+        return (single,) * ndim
+    if isinstance(value, Sequence) and len(value) == ndim:
+        items = [_as_int(v) for v in value]
+        if all(v is not None for v in items):
+            return tuple(items)  # type: ignore[arg-type]
     raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
 
 
@@ -109,15 +119,14 @@ def _factor_kernels(
 ) -> tuple[tuple[int, ...], ...]:
     """``k`` means ``[k, 1, ..., 1]`` of length ``depth`` (default 2); a list sets the depth."""
     if ndim == 0:
-        if depth is None:
-            depth = 2
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        given, depth = depth, 2 if depth is None else _as_int(depth)
+        if depth is None or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {given!r}")
         return ((),) * depth
-    if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool):
-        depth = 2 if depth is None else depth
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    if _as_int(kernel_sizes) is not None:
+        given, depth = depth, 2 if depth is None else _as_int(depth)
+        if depth is None or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {given!r}")
         first = _positive(_ntuple(kernel_sizes, ndim, "kernel_sizes"), "kernel_sizes")
         return (first,) + ((1,) * ndim,) * (depth - 1)
     if isinstance(kernel_sizes, Sequence) and not isinstance(kernel_sizes, str):
@@ -129,17 +138,17 @@ def _factor_kernels(
                 f"({len(kernel_sizes)} factors); a list of kernel sizes sets the depth"
             )
         return tuple(
-            _positive(_ntuple(k, ndim, f"kernel_sizes[{i}]"), f"kernel_sizes[{i}]")
-            for i, k in enumerate(kernel_sizes)
+            _positive(_ntuple(k, ndim, f"kernel_sizes[{i}]"), f"kernel_sizes[{i}]") for i, k in enumerate(kernel_sizes)
         )
     raise ValueError(f"kernel_sizes must be an int or a list of kernel sizes, got {kernel_sizes!r}")
 
 
 def _intervals(residual_intervals: int | Sequence[int], depth: int) -> list[int]:
-    raw = [residual_intervals] if isinstance(residual_intervals, int) else list(residual_intervals)
+    raw = [residual_intervals] if _as_int(residual_intervals) is not None else list(residual_intervals)  # type: ignore[arg-type]
     out: list[int] = []
     for n in raw:
-        if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
+        n = _as_int(n)  # type: ignore[assignment]
+        if n is None or (n < 1 and n != -1):
             raise ValueError(
                 f"residual_intervals entries must be ints >= 1 or -1 (one skip over the whole "
                 f"chain), got {residual_intervals!r}"
@@ -195,12 +204,13 @@ def make_plan(
             cannot be collapsed exactly.
     """
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        number = _as_int(value)
+        if number is None or number < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    in_channels, out_channels, groups = int(in_channels), int(out_channels), int(groups)
     if in_channels % groups or out_channels % groups:
         raise ValueError(
-            f"in_channels={in_channels} and out_channels={out_channels} must both be divisible "
-            f"by groups={groups}"
+            f"in_channels={in_channels} and out_channels={out_channels} must both be divisible by groups={groups}"
         )
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")

@@ -1,0 +1,1 @@
+"""The timm/torchvision plugin for over-parameterized models (work in progress)."""

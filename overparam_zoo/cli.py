@@ -1,0 +1,5 @@
+"""Command line entry point ``overparam-zoo``."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    raise SystemExit("overparam-zoo: no commands yet")
