@@ -1,5 +1,39 @@
-"""Command line entry point ``overparam-zoo``."""
+"""The ``overparam-zoo`` command line: one subcommand per module in ``overparam_zoo.commands``.
+
+Each command module defines ``register(subparsers)``, which adds its parser and sets
+``func=run`` where ``run(args) -> int`` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overparam-zoo",
+        description="Over-parameterized timm/torchvision models: list, inspect, export, verify, train.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"overparam_zoo.commands.{name}").register(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("overparam-zoo: no commands yet")
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
