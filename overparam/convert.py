@@ -13,11 +13,14 @@ import torch
 from torch import nn
 
 from .chain import OverparamChain
+from .expand import expand_into_
+from .fold import find_following_batch_norms, needs_bias_fold
 from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
 
 __all__ = [
     "STOCK_LAYERS",
+    "LayerConversionError",
     "ConversionReport",
     "from_stock",
     "convert_model",
@@ -31,8 +34,16 @@ logger = logging.getLogger("overparam")
 STOCK_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CHAIN_FOR = {nn.Conv1d: OverparamConv1d, nn.Conv2d: OverparamConv2d, nn.Conv3d: OverparamConv3d}
 
-Init = Literal["match", "default"]
+Init = Literal["match", "default", "expand"]
 Converter = Callable[..., nn.Module]
+
+
+class LayerConversionError(ValueError):
+    """Options that cannot be realised exactly for one layer (raised with ``strict=True``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
 
 
 @dataclass
@@ -43,6 +54,7 @@ class ConversionReport:
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    expansion_errors: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"converted {len(self.converted)} layers, left {len(self.skipped)} stock"]
@@ -61,6 +73,7 @@ def from_stock(
     residual_intervals: int | Sequence[int] = 2,
     kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     init: Init = "match",
+    chain_class: type[OverparamChain] | None = None,
 ) -> OverparamChain:
     """A chain with exactly the architecture of a stock ``nn.Linear``/``nn.ConvNd``.
 
@@ -78,14 +91,17 @@ def from_stock(
         init: ``"match"`` draws factors whose effective weight has the std of the layer's
             current weight (which carries the architecture's own init) and copies its bias;
             ``"default"`` uses the stock default init scale.
+        chain_class: the chain class to build, for converters of stock subclasses whose
+            forward or ``fuse()`` differ (default: the matching ``Overparam*`` class).
 
     Raises:
-        TypeError: for a layer that is not a stock Linear/ConvNd.
+        TypeError: for a layer that is not a stock Linear/ConvNd (or a subclass, with
+            ``chain_class``).
         ValueError: for options that cannot be realised exactly for this layer.
     """
-    kind = type(layer)
+    kind = _stock_base(layer) if chain_class is not None else type(layer)
     if kind not in STOCK_LAYERS:
-        raise TypeError(f"from_stock expects one of {[c.__name__ for c in STOCK_LAYERS]}, got {kind.__name__}")
+        raise TypeError(f"from_stock expects one of {[c.__name__ for c in STOCK_LAYERS]}, got {type(layer).__name__}")
     factory: dict[str, Any] = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     common: dict[str, Any] = dict(
         width=width,
@@ -97,11 +113,11 @@ def from_stock(
     )
     chain: OverparamChain
     if kind is nn.Linear:
-        chain = OverparamLinear(layer.in_features, layer.out_features, depth=depth, **common)
+        chain = (chain_class or OverparamLinear)(layer.in_features, layer.out_features, depth=depth, **common)
     else:
         ones = (1,) * len(layer.kernel_size)
         split = [tuple(layer.kernel_size)] + [ones] * (depth - 1) if kernel_sizes is None else list(kernel_sizes)
-        chain = _CHAIN_FOR[kind](
+        chain = (chain_class or _CHAIN_FOR[kind])(
             layer.in_channels,
             layer.out_channels,
             kernel_sizes=split,
@@ -156,6 +172,7 @@ def convert_model(
     converters: Mapping[type[nn.Module], Converter] | None = None,
     options_for: Callable[[str, nn.Module], Mapping[str, Any] | None] | None = None,
     init: Init = "match",
+    strict: bool = False,
 ) -> ConversionReport:
     """Replace stock layers by chains, in place, and report every decision.
 
@@ -171,7 +188,11 @@ def convert_model(
             ``NotImplementedError`` with a reason to leave the layer stock.
         options_for: ``fn(path, module)`` returning per-layer options (overrides of the
             defaults above, plus ``kernel_sizes``), or ``None`` to leave the layer stock.
-        init: see :func:`from_stock`.
+        init: ``"match"``/``"default"`` (see :func:`from_stock`), or ``"expand"``: set the
+            factors so each chain computes exactly the layer's current weights (see
+            :func:`overparam.expand.expand_into_`); errors above 1e-6 are listed in ``notes``.
+        strict: raise :class:`LayerConversionError` for options a layer cannot take, instead
+            of leaving it stock and listing it in ``skipped``.
 
     Returns:
         A :class:`ConversionReport`; ``report.model`` is the converted model.
@@ -213,17 +234,28 @@ def convert_model(
                 f"with its own behaviour; register a converter for it to convert exactly"
             )
             continue
+        layer_init = "match" if init == "expand" else init
         try:
             try:
-                new = convert(module, init=init, **options)
+                new = convert(module, init=layer_init, **options)
             except ValueError as err:
                 if not options.get("residual") or "residual_intervals" not in str(err):
                     raise
-                new = convert(module, init=init, **{**options, "residual": False})
+                new = convert(module, init=layer_init, **{**options, "residual": False})
                 report.notes[label] = f"converted without residual: {err}"
-        except (ValueError, NotImplementedError) as err:
+        except NotImplementedError as err:
             report.skipped[label] = str(err)
             continue
+        except ValueError as err:
+            if strict:
+                raise LayerConversionError(label, str(err)) from err
+            report.skipped[label] = str(err)
+            continue
+        if init == "expand":
+            error = expand_into_(new, module.weight, module.bias)
+            report.expansion_errors[label] = error
+            if error > 1e-6:
+                report.notes[label] = f"no exact split of the stock weights: relative error {error:.2e}"
         if not path:
             report.model = new
         else:
@@ -273,38 +305,64 @@ def overparameterize(
     return report.model
 
 
-def collapse(model: nn.Module) -> nn.Module:
+def _folds(model: nn.Module, trace_options: Mapping[str, Any] | None) -> dict[str, str]:
+    paths = [p for p, m in model.named_modules() if isinstance(m, OverparamChain) and needs_bias_fold(m)]
+    return find_following_batch_norms(model, paths, **dict(trace_options or {}))
+
+
+def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None) -> nn.Module:
     """Replace every chain by its stock layer (``fuse()``), in place, at the same paths.
 
-    The result's ``state_dict`` loads with ``strict=True`` into the unmodified architecture.
+    The result's ``state_dict`` loads with ``strict=True`` into the unmodified architecture:
+    a bias that batch norm inside a chain adds to a bias-free layer is folded into the
+    BatchNorm that follows it (see :mod:`overparam.fold`), or a ``ValueError`` names the layer.
+
+    Args:
+        model: the model (a single chain returns its stock layer).
+        trace_options: ``leaf_modules``/``autowrap_functions`` for the fx trace that finds
+            those BatchNorms (only traced when a fold is needed).
     """
     if isinstance(model, OverparamChain):
+        if needs_bias_fold(model):
+            raise ValueError("a lone chain with batch norm and bias=False has no BatchNorm to fold its bias into")
         return model.fuse()
+    folds = _folds(model, trace_options)
     for path, module in list(model.named_modules()):
         if isinstance(module, OverparamChain):
-            _set_submodule(model, path, module.fuse())
+            stock = module.fuse()
+            if path in folds:
+                bn = model.get_submodule(folds[path])
+                with torch.no_grad():
+                    bn.running_mean.sub_(stock.bias.to(bn.running_mean.dtype))
+                stock.bias = None
+            _set_submodule(model, path, stock)
     return model
 
 
-def collapsed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def collapsed_state_dict(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The state dict of ``collapse(model)``, without changing ``model``.
 
     Keys keep the model's order; each chain's keys become ``{path}.weight`` (and ``.bias``).
     """
     chains = {path: m for path, m in model.named_modules() if isinstance(m, OverparamChain)}
     if "" in chains:
-        return dict(chains[""].fuse().state_dict())
+        return dict(collapse(chains[""]).state_dict())
+    folds = _folds(model, trace_options)
     out: dict[str, torch.Tensor] = {}
-    done: set[str] = set()
+    gained: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         owner = next((p for p in chains if key.startswith(p + ".")), None)
         if owner is None:
             out[key] = value
-        elif owner not in done:
-            done.add(owner)
+        elif f"{owner}.weight" not in out:
             with torch.no_grad():
                 weight, bias = chains[owner]._weight_and_bias()
             out[f"{owner}.weight"] = weight.detach()
-            if bias is not None:
+            if owner in folds:
+                gained[folds[owner]] = bias.detach()
+            elif bias is not None:
                 out[f"{owner}.bias"] = bias.detach()
+    for bn_path, bias in gained.items():
+        key = f"{bn_path}.running_mean"
+        out[key] = out[key] - bias.to(out[key].dtype)
     return out

@@ -1,0 +1,83 @@
+"""Folding a chain's gained bias into the BatchNorm that follows it.
+
+A chain with batch norm inside has an effective bias even when the stock layer has none
+(e.g. ResNet convs). The stock architecture has no place for it, but the BatchNorm reading
+the layer's output does: in eval, ``BN(z + b)`` with running mean ``m`` equals ``BN(z)``
+with running mean ``m - b``. Finding that BatchNorm needs the data flow, so the model is
+traced with torch.fx (chains and batch norms as leaves); the fold is refused unless the
+layer's output goes to exactly one BatchNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch.fx
+from torch import nn
+
+from .chain import OverparamChain
+
+__all__ = ["needs_bias_fold", "find_following_batch_norms"]
+
+
+def needs_bias_fold(chain: OverparamChain) -> bool:
+    """Whether the collapsed chain has a bias its stock layer lacks."""
+    return chain.plan.batch_norm and not chain.plan.bias
+
+
+class _Tracer(torch.fx.Tracer):
+    def __init__(self, leaf_modules: tuple[type[nn.Module], ...], autowrap_functions: tuple[Callable, ...]):
+        super().__init__(autowrap_functions=autowrap_functions)
+        self._leaves = leaf_modules
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (OverparamChain, nn.modules.batchnorm._BatchNorm) + self._leaves):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def find_following_batch_norms(
+    model: nn.Module,
+    paths: Iterable[str],
+    *,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+    autowrap_functions: Iterable[Callable] = (),
+) -> dict[str, str]:
+    """Map each chain path to the path of the only BatchNorm that reads its output.
+
+    Args:
+        model: the over-parameterized model.
+        paths: chain paths whose bias must be folded.
+        leaf_modules: extra module types the tracer must not enter (e.g. timm's notrace modules).
+        autowrap_functions: functions the tracer must not enter.
+
+    Raises:
+        ValueError: naming the layer, when the model cannot be traced or its output does not
+            go to exactly one BatchNorm with running statistics.
+    """
+    paths = list(paths)
+    if not paths:
+        return {}
+    try:
+        graph = _Tracer(tuple(leaf_modules), tuple(autowrap_functions)).trace(model)
+    except Exception as err:
+        raise ValueError(
+            f"cannot fold the bias gained by {paths[0]} (batch norm inside a bias-free layer): tracing the "
+            f"model with torch.fx to find the BatchNorm after it failed: {type(err).__name__}: {err}"
+        ) from err
+    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    found: dict[str, str] = {}
+    for path in paths:
+        node = nodes.get(path)
+        users = list(node.users) if node is not None else []
+        target = users[0].target if len(users) == 1 and users[0].op == "call_module" else None
+        bn = model.get_submodule(target) if target is not None else None
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            readers = ", ".join(str(u.target) for u in users) or "nothing"
+            raise ValueError(
+                f"layer {path!r} gains a bias from the batch norm inside its chain, but the stock layer has "
+                f"none and its output goes to {readers}, not to exactly one BatchNorm that could absorb it; "
+                f"use batch_norm=False for this layer"
+            )
+        found[path] = str(target)
+    return found

@@ -1,0 +1,237 @@
+"""YAML recipes: which base models, which variants, and per-layer chain options.
+
+A recipe never changes the stock architecture: layers keep their kernel, stride, padding,
+dilation and groups, so collapsed weights always fit the base model. Every validation error
+names the file, the key path and what was expected.
+
+Example::
+
+    zoo: timm
+    bases: [resnet18, resnet34]
+    variants:
+      - {depth: [2, 4]}
+      - {depth: [2, 4], tag: bn, batch_norm: true}
+    layers:                       # first matching rule wins; unmatched layers stay stock
+      - {match: "fc", depth: 2}
+      - {match: "*", types: [Conv2d, Linear]}
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Recipe", "RecipeError", "LayerRule", "Variant", "load_recipe", "ZOOS"]
+
+ZOOS = ("timm", "torchvision")
+_TOP_KEYS = ("zoo", "bases", "variants", "layers", "description")
+_CHAIN_KEYS = ("depth", "width", "batch_norm", "residual", "residual_intervals")
+_VARIANT_KEYS = _CHAIN_KEYS + ("tag",)
+_RULE_KEYS = ("match", "types", "skip", "kernel_sizes") + _CHAIN_KEYS
+_TAG = re.compile(r"^[a-z0-9]+$")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file, the key and what was expected."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path, self.key = str(path), key
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One entry of ``layers``: which layers it matches and the chain options it sets."""
+
+    index: int
+    match: tuple[str, ...]
+    types: tuple[str, ...] | None
+    skip: bool
+    options: Mapping[str, Any]
+
+    def matches(self, path: str, type_name: str) -> bool:
+        if self.types is not None and type_name not in self.types:
+            return False
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.match)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered model: ``<base>_op_d<depth>[_<tag>]`` built by applying ``recipe``."""
+
+    name: str
+    base: str
+    depth: int
+    tag: str | None
+    options: Mapping[str, Any]
+    recipe: Recipe
+
+    @property
+    def zoo(self) -> str:
+        return self.recipe.zoo
+
+    def layer_options(self, path: str, type_name: str) -> dict[str, Any] | None:
+        """Chain options for one layer (variant options, then the first matching rule's), or
+        ``None`` to leave it stock. ``type_name`` is the layer's class name."""
+        rule = self.recipe.rule_for(path, type_name)
+        if rule is None or rule.skip:
+            return None
+        return {**self.options, **rule.options}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe file."""
+
+    path: Path
+    zoo: str
+    bases: tuple[str, ...]
+    variant_specs: tuple[Mapping[str, Any], ...]
+    rules: tuple[LayerRule, ...]
+    sha256: str
+    description: str = ""
+    _variants: list[Variant] = field(default_factory=list, compare=False, repr=False)
+
+    def rule_for(self, path: str, type_name: str) -> LayerRule | None:
+        return next((r for r in self.rules if r.matches(path, type_name)), None)
+
+    def variants(self) -> list[Variant]:
+        """Every (base, depth, tag) combination this recipe defines."""
+        if not self._variants:
+            for base in self.bases:
+                for spec in self.variant_specs:
+                    depths = spec["depth"] if isinstance(spec["depth"], list) else [spec["depth"]]
+                    tag = spec.get("tag")
+                    options = {k: v for k, v in spec.items() if k not in ("depth", "tag")}
+                    for depth in depths:
+                        name = f"{base}_op_d{depth}" + (f"_{tag}" if tag else "")
+                        self._variants.append(Variant(name, base, depth, tag, {**options, "depth": depth}, self))
+        return list(self._variants)
+
+
+def _check_keys(path: Path, where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(path, f"{where}.{key}" if where else str(key),
+                              f"unknown key{hint}; expected one of {', '.join(allowed)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_chain_options(path: Path, where: str, data: Mapping[str, Any]) -> None:
+    checks = {
+        "depth": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+        "width": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
+        "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
+        "residual": (lambda v: isinstance(v, bool), "true or false"),
+        "skip": (lambda v: isinstance(v, bool), "true or false"),
+        "residual_intervals": (
+            lambda v: (_is_int(v) and (v >= 1 or v == -1))
+            or (isinstance(v, list) and v and all(_is_int(i) and (i >= 1 or i == -1) for i in v)),
+            "an int >= 1, -1, or a list of them",
+        ),
+        "kernel_sizes": (
+            lambda v: isinstance(v, list) and v and all(
+                (_is_int(k) and k >= 1) or (isinstance(k, list) and k and all(_is_int(i) and i >= 1 for i in k))
+                for k in v
+            ),
+            "a list of kernel sizes (ints or per-dim lists of ints)",
+        ),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in data and not ok(data[key]):
+            raise RecipeError(path, f"{where}.{key}", f"got {data[key]!r}; expected {expected}")
+
+
+def _string_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
+        raise RecipeError(path, key, f"got {value!r}; expected a non-empty string or list of strings")
+    return tuple(items)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (``yaml.safe_load``).
+
+    Base-model names are checked against the zoo when the recipe is registered
+    (:func:`overparam_zoo.registry.register_recipe`), and layer rules when a variant is built.
+
+    Raises:
+        RecipeError: naming the file, the key path and what was expected.
+    """
+    path = Path(path)
+    try:
+        raw_text = path.read_bytes()
+    except OSError as err:
+        raise RecipeError(path, "<file>", f"cannot read: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(raw_text)
+    except yaml.YAMLError as err:
+        raise RecipeError(path, "<file>", f"not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(path, "<top>", f"got {type(data).__name__}; expected a mapping with keys {', '.join(_TOP_KEYS)}")
+    _check_keys(path, "", data, _TOP_KEYS)
+    for required in ("zoo", "bases", "variants", "layers"):
+        if required not in data:
+            raise RecipeError(path, required, "missing; it is required")
+    if data["zoo"] not in ZOOS:
+        raise RecipeError(path, "zoo", f"got {data['zoo']!r}; expected one of {', '.join(ZOOS)}")
+    bases = _string_list(path, "bases", data["bases"])
+
+    specs = data["variants"]
+    if not isinstance(specs, list) or not specs:
+        raise RecipeError(path, "variants", f"got {specs!r}; expected a non-empty list of mappings")
+    for i, spec in enumerate(specs):
+        where = f"variants[{i}]"
+        if not isinstance(spec, dict):
+            raise RecipeError(path, where, f"got {spec!r}; expected a mapping")
+        _check_keys(path, where, spec, _VARIANT_KEYS)
+        if "depth" not in spec:
+            raise RecipeError(path, f"{where}.depth", "missing; expected an int >= 1 or a list of them")
+        depths = spec["depth"] if isinstance(spec["depth"], list) else [spec["depth"]]
+        if not depths or not all(_is_int(d) and d >= 1 for d in depths):
+            raise RecipeError(path, f"{where}.depth", f"got {spec['depth']!r}; expected an int >= 1 or a list of them")
+        if "tag" in spec and not (isinstance(spec["tag"], str) and _TAG.match(spec["tag"])):
+            raise RecipeError(path, f"{where}.tag", f"got {spec['tag']!r}; expected lowercase letters and digits")
+        _check_chain_options(path, where, {k: v for k, v in spec.items() if k != "depth"})
+
+    rules_data = data["layers"]
+    if not isinstance(rules_data, list) or not rules_data:
+        raise RecipeError(path, "layers", f"got {rules_data!r}; expected a non-empty list of rules")
+    rules = []
+    for i, rule in enumerate(rules_data):
+        where = f"layers[{i}]"
+        if not isinstance(rule, dict):
+            raise RecipeError(path, where, f"got {rule!r}; expected a mapping")
+        _check_keys(path, where, rule, _RULE_KEYS)
+        _check_chain_options(path, where, rule)
+        rules.append(
+            LayerRule(
+                index=i,
+                match=_string_list(path, f"{where}.match", rule.get("match", "*")),
+                types=_string_list(path, f"{where}.types", rule["types"]) if "types" in rule else None,
+                skip=bool(rule.get("skip", False)),
+                options={k: v for k, v in rule.items() if k in _CHAIN_KEYS + ("kernel_sizes",)},
+            )
+        )
+    return Recipe(
+        path=path,
+        zoo=data["zoo"],
+        bases=bases,
+        variant_specs=tuple(specs),
+        rules=tuple(rules),
+        sha256=hashlib.sha256(raw_text).hexdigest(),
+        description=str(data.get("description", "")),
+    )
