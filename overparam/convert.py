@@ -339,7 +339,9 @@ def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None
     return model
 
 
-def collapsed_state_dict(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+def collapsed_state_dict(
+    model: nn.Module, *, trace_options: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """The state dict of ``collapse(model)``, without changing ``model``.
 
     Keys keep the model's order; each chain's keys become ``{path}.weight`` (and ``.bias``).

@@ -5,8 +5,7 @@ torchvision's registries, so ``timm.create_model("resnet18_op_d2")`` works, and 
 ``train.py --device-modules overparam_zoo`` picks them up.
 """
 
-from overparam import collapse, collapsed_state_dict
-
+from .collapse import collapse, collapsed_state_dict
 from .hookspecs import hookimpl
 from .plugins import get_plugin_manager
 from .recipe import Recipe, RecipeError, Variant, load_recipe

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.padding import pad_same
 from torch import Tensor, nn
@@ -31,8 +30,9 @@ class OverparamTimmLinear(OverparamLinear):
 
     def fuse(self) -> nn.Module:
         fused = super().fuse()
-        return _fused_as(fused, Linear, in_features=self.in_features, out_features=self.out_features,
-                         bias=fused.bias is not None)
+        return _fused_as(
+            fused, Linear, in_features=self.in_features, out_features=self.out_features, bias=fused.bias is not None
+        )
 
 
 class OverparamConv2dSame(OverparamConv2d):
@@ -85,4 +85,3 @@ TIMM_CONVERTERS: dict[type[nn.Module], Any] = {
     ScaledStdConv2d: refuse_weight_standardisation,
     ScaledStdConv2dSame: refuse_weight_standardisation,
 }
-

@@ -122,8 +122,11 @@ def _check_keys(path: Path, where: str, data: Mapping[str, Any], allowed: tuple[
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RecipeError(path, f"{where}.{key}" if where else str(key),
-                              f"unknown key{hint}; expected one of {', '.join(allowed)}")
+            raise RecipeError(
+                path,
+                f"{where}.{key}" if where else str(key),
+                f"unknown key{hint}; expected one of {', '.join(allowed)}",
+            )
 
 
 def _is_int(value: Any) -> bool:
@@ -138,14 +141,20 @@ def _check_chain_options(path: Path, where: str, data: Mapping[str, Any]) -> Non
         "residual": (lambda v: isinstance(v, bool), "true or false"),
         "skip": (lambda v: isinstance(v, bool), "true or false"),
         "residual_intervals": (
-            lambda v: (_is_int(v) and (v >= 1 or v == -1))
-            or (isinstance(v, list) and v and all(_is_int(i) and (i >= 1 or i == -1) for i in v)),
+            lambda v: (
+                (_is_int(v) and (v >= 1 or v == -1))
+                or (isinstance(v, list) and v and all(_is_int(i) and (i >= 1 or i == -1) for i in v))
+            ),
             "an int >= 1, -1, or a list of them",
         ),
         "kernel_sizes": (
-            lambda v: isinstance(v, list) and v and all(
-                (_is_int(k) and k >= 1) or (isinstance(k, list) and k and all(_is_int(i) and i >= 1 for i in k))
-                for k in v
+            lambda v: (
+                isinstance(v, list)
+                and v
+                and all(
+                    (_is_int(k) and k >= 1) or (isinstance(k, list) and k and all(_is_int(i) and i >= 1 for i in k))
+                    for k in v
+                )
             ),
             "a list of kernel sizes (ints or per-dim lists of ints)",
         ),
@@ -181,7 +190,9 @@ def load_recipe(path: str | Path) -> Recipe:
     except yaml.YAMLError as err:
         raise RecipeError(path, "<file>", f"not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise RecipeError(path, "<top>", f"got {type(data).__name__}; expected a mapping with keys {', '.join(_TOP_KEYS)}")
+        raise RecipeError(
+            path, "<top>", f"got {type(data).__name__}; expected a mapping with keys {', '.join(_TOP_KEYS)}"
+        )
     _check_keys(path, "", data, _TOP_KEYS)
     for required in ("zoo", "bases", "variants", "layers"):
         if required not in data:

@@ -149,8 +149,11 @@ def _register_timm(variant: Variant) -> bool:
     from timm.models import get_pretrained_cfg, register_model
 
     if timm.is_model(variant.name):
-        warnings.warn(f"overparam_zoo: {variant.name} is already a timm model; the variant from "
-                      f"{variant.recipe.path} is not registered", stacklevel=3)
+        warnings.warn(
+            f"overparam_zoo: {variant.name} is already a timm model; the variant from "
+            f"{variant.recipe.path} is not registered",
+            stacklevel=3,
+        )
         return False
     base_cfg = get_pretrained_cfg(variant.base, allow_unregistered=False)
     cfg = base_cfg.to_dict() if base_cfg is not None else {}
@@ -168,13 +171,18 @@ def _register_torchvision(variant: Variant) -> bool:
         registry = _api.BUILTIN_MODELS
         register = _api.register_model
     except (ImportError, AttributeError) as err:
-        warnings.warn(f"overparam_zoo: torchvision's model registry API is not as expected ({err}); "
-                      f"{variant.name} is available through overparam_zoo.create_model(..., zoo='torchvision') only",
-                      stacklevel=3)
+        warnings.warn(
+            f"overparam_zoo: torchvision's model registry API is not as expected ({err}); "
+            f"{variant.name} is available through overparam_zoo.create_model(..., zoo='torchvision') only",
+            stacklevel=3,
+        )
         return False
     if variant.name in registry:
-        warnings.warn(f"overparam_zoo: {variant.name} is already a torchvision model; the variant from "
-                      f"{variant.recipe.path} is not registered", stacklevel=3)
+        warnings.warn(
+            f"overparam_zoo: {variant.name} is already a torchvision model; the variant from "
+            f"{variant.recipe.path} is not registered",
+            stacklevel=3,
+        )
         return False
     register(variant.name)(_torchvision_builder(variant))
     return True
@@ -281,6 +289,9 @@ def check_variant(variant: Variant) -> None:
     layers = [(path, type(m).__name__) for path, m in model.named_modules() if path]
     for rule in variant.recipe.rules:
         if not any(rule.matches(path, type_name) for path, type_name in layers):
-            raise RecipeError(variant.recipe.path, f"layers[{rule.index}]",
-                              f"matches no layer of {variant.base} (match={list(rule.match)}, "
-                              f"types={list(rule.types) if rule.types else 'any'})")
+            raise RecipeError(
+                variant.recipe.path,
+                f"layers[{rule.index}]",
+                f"matches no layer of {variant.base} (match={list(rule.match)}, "
+                f"types={list(rule.types) if rule.types else 'any'})",
+            )

@@ -1,0 +1,335 @@
+"""``overparam-zoo spectrum``: per-layer effective rank and singular spectra of a model.
+
+``MODEL_OR_CHECKPOINT`` is a timm model name (``resnet18``, or a registered variant such as
+``resnet18_op_d2``; torchvision names work too) or a checkpoint file: ``.safetensors`` or a
+torch file holding a plain state dict or one under ``state_dict``/``state_dict_ema`` (timm
+``train.py`` checkpoints; ``module.`` prefixes are stripped). A checkpoint needs the
+architecture: ``--model NAME``, or a timm ``config.json`` with an ``architecture`` key in the
+same folder (as written by an export). Over-parameterized layers are measured on their
+effective (collapsed) weight, so a training checkpoint and its export give the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from overparam.analysis import LayerSpectrum, spectrum
+
+__all__ = ["register", "run", "load_model", "SpectrumError"]
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
+_STATE_KEYS = ("state_dict", "state_dict_ema")
+_PLOT_HINT = "pip install overparam-zoo[plot]"
+
+
+class SpectrumError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``spectrum`` subcommand.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+    """
+    parser = subparsers.add_parser(
+        "spectrum",
+        help="per-layer effective rank and singular spectra of a model or checkpoint",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", metavar="MODEL_OR_CHECKPOINT", help="a timm model name or a checkpoint file")
+    parser.add_argument("--model", metavar="NAME", help="architecture of a checkpoint file (timm name)")
+    parser.add_argument("--plot", metavar="OUT.png", help="save a figure: effective rank per layer and spectra")
+    parser.add_argument("--json", metavar="OUT.json", help="write the numbers as JSON (atomically)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the per-layer table and write the optional plot and JSON; returns the exit code."""
+    try:
+        if args.plot:
+            _import_matplotlib()
+        model, architecture = load_model(args.source, args.model)
+        try:
+            layers = spectrum(model)
+        except ValueError as err:
+            raise SpectrumError(f"{architecture}: {err}") from None
+        if not layers:
+            raise SpectrumError(f"{architecture} has no Linear/Conv layers to measure")
+        title = architecture if args.source == architecture else f"{args.source} ({architecture})"
+        print(format_table(layers, title=title))
+        if args.json:
+            payload = {
+                "source": str(args.source),
+                "architecture": architecture,
+                "layers": [layer.to_dict() for layer in layers],
+            }
+            _atomic_write(args.json, lambda path: Path(path).write_text(json.dumps(payload, indent=1) + "\n"))
+            print(f"wrote {args.json}")
+        if args.plot:
+            _atomic_write(args.plot, lambda path: plot_spectrum(layers, path, title=title))
+            print(f"wrote {args.plot}")
+    except SpectrumError as err:
+        print(f"overparam-zoo spectrum: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------- loading
+def _looks_like_file(source: str) -> bool:
+    return os.path.exists(source) or source.endswith(_CHECKPOINT_SUFFIXES) or os.sep in source
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    """Build an architecture by timm name (after ``import overparam_zoo``), else torchvision."""
+    try:
+        import timm
+
+        import overparam_zoo  # noqa: F401  (registers the over-parameterized variants)
+    except ImportError as err:
+        raise SpectrumError(f"building models needs timm ({err}): pip install overparam-zoo[zoo]") from None
+    if timm.is_model(name):
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        except Exception as err:  # noqa: BLE001 - reported as one line
+            raise SpectrumError(f"could not build timm model {name!r}: {_first_line(err)}") from None
+    try:
+        import torchvision
+    except ImportError:
+        torchvision = None
+    if torchvision is not None and name in torchvision.models.list_models():
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            raise SpectrumError(f"could not build torchvision model {name!r}: {_first_line(err)}") from None
+    raise SpectrumError(f"unknown model {name!r} (not a timm or torchvision model name, and no such file)")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as err:
+        raise SpectrumError(f"reading {path.name} needs safetensors ({err}): pip install overparam-zoo[zoo]") from None
+    except Exception as err:  # noqa: BLE001
+        raise SpectrumError(f"could not read {path}: {_first_line(err)}") from None
+    if isinstance(raw, Mapping):
+        for key in _STATE_KEYS:
+            if isinstance(raw.get(key), Mapping):
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping):
+        raise SpectrumError(f"{path} holds a {type(raw).__name__}, not a state dict")
+    state = {str(k): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise SpectrumError(f"{path} holds no tensors (expected a state dict, or one under {'/'.join(_STATE_KEYS)})")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        return {}
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise SpectrumError(f"could not read {config_path}: {_first_line(err)}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _classifier_size(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """The class count the checkpoint's classifier has, when it differs from the model's."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    for name in names:
+        weight = state.get(f"{name}.weight") if name else None
+        current = getattr(model, "num_classes", None)
+        if weight is not None and current is not None and weight.dim() >= 1 and weight.shape[0] != current:
+            return int(weight.shape[0])
+    return None
+
+
+def _check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, architecture: str, path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in the file, "
+            f"{tuple(expected[k].shape)} in the model)"
+        )
+    raise SpectrumError(f"{path} does not fit {architecture}: " + ", ".join(parts))
+
+
+def load_model(source: str, model_name: str | None = None) -> tuple[nn.Module, str]:
+    """Build the model to measure, in eval mode.
+
+    Args:
+        source: a timm (or torchvision) model name, or a checkpoint file.
+        model_name: the architecture of a checkpoint file; default: ``architecture`` from a
+            ``config.json`` beside the file.
+
+    Returns:
+        ``(model, architecture name)``.
+
+    Raises:
+        SpectrumError: unknown model, missing or unreadable file, or a state dict that does
+            not fit the architecture.
+    """
+    if not _looks_like_file(source):
+        if model_name:
+            raise SpectrumError(f"--model is for checkpoint files, but {source!r} is a model name and not a file")
+        return _create(source).eval(), source
+    path = Path(source)
+    if not path.is_file():
+        raise SpectrumError(f"no such file: {source}")
+    config = _read_config(path)
+    architecture = model_name or config.get("architecture")
+    if not architecture:
+        raise SpectrumError(f"{source} is a checkpoint: give its architecture with --model NAME")
+    state = _read_state_dict(path)
+    kwargs: dict[str, Any] = {}
+    if not model_name and isinstance(config.get("num_classes"), int):
+        kwargs["num_classes"] = config["num_classes"]
+    model = _create(architecture, **kwargs)
+    num_classes = _classifier_size(model, state)
+    if num_classes is not None:
+        model = _create(architecture, **{**kwargs, "num_classes": num_classes})
+    _check_fits(state, model, architecture, path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise SpectrumError(f"{path} does not fit {architecture}: {_first_line(err)}") from None
+    return model.eval(), architecture
+
+
+# ---------------------------------------------------------------------- output
+def format_table(layers: list[LayerSpectrum], title: str = "") -> str:
+    """The terminal table: one row per layer, effective rank against the largest possible."""
+    width = max(len("layer"), *(len(layer.path or "<root>") for layer in layers))
+    kind_width = max(len("kind"), *(len(layer.kind) for layer in layers))
+    header = f"{'#':>3}  {'layer':<{width}}  {'kind':<{kind_width}}  {'shape':<18}  {'eff. rank':>9}  {'max':>5}  {'ratio':>5}"
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for i, layer in enumerate(layers):
+        shape = "x".join(str(d) for d in layer.shape)
+        ratio = layer.effective_rank / layer.max_rank if layer.max_rank else 0.0
+        lines.append(
+            f"{i:>3}  {layer.path or '<root>':<{width}}  {layer.kind:<{kind_width}}  {shape:<18}  "
+            f"{layer.effective_rank:>9.2f}  {layer.max_rank:>5}  {ratio:>5.2f}"
+        )
+    mean_ratio = sum(layer.effective_rank / max(layer.max_rank, 1) for layer in layers) / len(layers)
+    lines.append(f"{len(layers)} layers; mean effective rank / max rank = {mean_ratio:.3f}")
+    return "\n".join(lines)
+
+
+def _import_matplotlib() -> Any:
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise SpectrumError(f"--plot needs matplotlib, which is not installed: {_PLOT_HINT}") from None
+    return Figure
+
+
+def plot_spectrum(layers: list[LayerSpectrum], path: str, title: str = "") -> None:
+    """Save a figure: effective rank per layer (bars) and normalised singular-value curves.
+
+    Args:
+        layers: the output of :func:`overparam.analysis.spectrum`.
+        path: the image file; its suffix picks the format.
+        title: the figure title.
+    """
+    figure_class = _import_matplotlib()
+    from matplotlib import cm, colormaps, colors
+
+    fig = figure_class(figsize=(12, 4.5), layout="constrained")
+    bars, curves = fig.subplots(1, 2, width_ratios=[1.4, 1])
+    index = list(range(len(layers)))
+    cmap = colormaps["viridis"]
+    norm = colors.Normalize(vmin=0, vmax=max(len(layers) - 1, 1))
+    bars.bar(index, [layer.max_rank for layer in layers], color="0.88", label="max rank")
+    bars.bar(
+        index, [layer.effective_rank for layer in layers], color=[cmap(norm(i)) for i in index], label="effective rank"
+    )
+    bars.set_xlabel("layer")
+    bars.set_ylabel("rank")
+    bars.set_title("effective rank per layer")
+    if len(layers) <= 40:
+        bars.set_xticks(index, [layer.path or "<root>" for layer in layers], rotation=90, fontsize=6)
+    bars.legend(loc="upper left", fontsize=8)
+    for i, layer in enumerate(layers):
+        s = layer.singular_values
+        if s.numel() == 0 or float(s[0]) <= 0:
+            continue
+        x = torch.linspace(0, 1, s.numel()) if s.numel() > 1 else torch.zeros(1)
+        curves.plot(x.tolist(), (s / s[0]).tolist(), color=cmap(norm(i)), linewidth=1)
+    curves.set_xlabel("singular value index / (max rank - 1)")
+    curves.set_ylabel("singular value / largest")
+    curves.set_title("normalised singular values")
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=curves, label="layer")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def _atomic_write(target: str, write: Callable[[str], object]) -> None:
+    """Write ``target`` through a temporary file in the same folder, then ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(target))
+    suffix = os.path.splitext(target)[1]
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    except OSError as err:
+        raise SpectrumError(f"cannot write {target}: {_first_line(err)}") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        write(tmp)
+        os.replace(tmp, target)
+    except SpectrumError:
+        _remove(tmp)
+        raise
+    except Exception as err:  # noqa: BLE001
+        _remove(tmp)
+        raise SpectrumError(f"cannot write {target}: {_first_line(err)}") from None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -1,0 +1,172 @@
+"""Every built-in variant: registered, builds, trains a step, and collapses to its base exactly."""
+
+import copy
+import warnings
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import overparam_zoo
+from overparam import OverparamChain
+from overparam_zoo import collapsed_state_dict, create_model, get_variant, list_variants
+from overparam_zoo.registry import check_variant
+
+from .conftest import randomize_, relative_error
+
+TIMM = list_variants(zoo="timm")
+TORCHVISION = list_variants(zoo="torchvision")
+
+
+def test_at_least_twelve_timm_variants_and_the_expected_bases():
+    assert len(TIMM) >= 12
+    bases = {get_variant(n, "timm").base for n in TIMM}
+    assert bases >= {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenetv3_small_100",
+        "mobilenetv3_large_100",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "vit_tiny_patch16_224",
+    }
+    assert {get_variant(n, "torchvision").base for n in TORCHVISION} >= {
+        "alexnet",
+        "resnet18",
+        "resnet50",
+        "mobilenet_v2",
+    }
+    assert set(timm.list_models("*_op_*")) == set(TIMM)
+    assert set(torchvision.models.list_models(include="*_op_*")) == set(TORCHVISION)
+    assert {"resnet18_op_d2_bn", "resnet50_op_d4_res"} <= set(TIMM)
+
+
+def _inputs(base):
+    size = 64 if base == "alexnet" else 32
+    kwargs = {"img_size": size} if base.startswith("vit") else {}
+    return size, kwargs
+
+
+def _check_roundtrip(name, zoo):
+    variant = get_variant(name, zoo)
+    size, kwargs = _inputs(variant.base)
+    if zoo == "timm":
+        model = timm.create_model(name, num_classes=5, **kwargs)
+        stock = timm.create_model(variant.base, num_classes=5, **kwargs)
+    else:
+        model = torchvision.models.get_model(name, num_classes=5)
+        stock = torchvision.models.get_model(variant.base, num_classes=5)
+    assert any(isinstance(m, OverparamChain) for m in model.modules())
+    x = torch.randn(2, 3, size, size)
+    model.train()
+    model(x).logsumexp(dim=1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model = model.double()
+    for m in model.modules():
+        if isinstance(m, OverparamChain):
+            randomize_(m)
+    model.eval()
+    stock = stock.double().eval()
+    stock.load_state_dict(collapsed_state_dict(model), strict=True)
+    x = x.double()
+    with torch.no_grad():
+        assert relative_error(stock(x), model(x)) < 1e-9
+
+
+FAST = [n for n in TIMM if n.startswith(("resnet18", "mobilenetv3_small", "vit_tiny"))]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_timm_variant_roundtrip(name):
+    _check_roundtrip(name, "timm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TIMM if n not in FAST])
+def test_timm_variant_roundtrip_large(name):
+    _check_roundtrip(name, "timm")
+
+
+@pytest.mark.parametrize("name", [n for n in TORCHVISION if n.startswith(("resnet18", "mobilenet", "alexnet"))])
+def test_torchvision_variant_roundtrip(name):
+    _check_roundtrip(name, "torchvision")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TORCHVISION if n.startswith("resnet50")])
+def test_torchvision_variant_roundtrip_large(name):
+    _check_roundtrip(name, "torchvision")
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted({get_variant(n, "timm").recipe.path.name: n for n in TIMM}.values())
+    + sorted({get_variant(n, "torchvision").recipe.path.name: n for n in TORCHVISION}.values()),
+)
+def test_every_rule_of_every_builtin_recipe_matches_a_layer(name):
+    zoo = "timm" if name in TIMM and get_variant(name, "timm") else "torchvision"
+    check_variant(get_variant(name, zoo))
+
+
+def test_pretrained_cfg_is_true_to_the_op_model():
+    for name in ("resnet18_op_d4", "mobilenetv3_small_100_op_d2", "vit_tiny_patch16_224_op_d2"):
+        model = timm.create_model(name)
+        cfg = model.pretrained_cfg
+        registered = timm.models.get_pretrained_cfg(name).to_dict()
+        assert cfg["architecture"] == name
+        assert cfg["first_conv"] == registered["first_conv"] and cfg["classifier"] == registered["classifier"]
+        state = model.state_dict()
+        assert f"{cfg['first_conv']}.weight" in state and f"{cfg['classifier']}.weight" in state
+        assert state[f"{cfg['first_conv']}.weight"].shape[1] == 3
+        assert state[f"{cfg['classifier']}.weight"].shape[0] == 1000
+        base = timm.create_model(get_variant(name).base)
+        assert model.num_features == base.num_features
+        for key in ("input_size", "pool_size", "mean", "std", "crop_pct", "num_classes"):
+            assert cfg.get(key) == base.pretrained_cfg.get(key)
+
+
+def test_kwargs_reach_the_base_builder():
+    model = timm.create_model("resnet18_op_d2", num_classes=3, in_chans=1, drop_rate=0.2, drop_path_rate=0.1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    assert model.drop_rate == 0.2
+    features = timm.create_model("resnet18_op_d2", features_only=True, out_indices=(1, 3))
+    outs = features(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [64, 256]
+    assert any(isinstance(m, OverparamChain) for m in features.modules())
+
+
+def test_pretrained_expands_a_local_checkpoint_exactly(tmp_path):
+    stock = timm.create_model("resnet18")  # 1000 classes, as the cfg says: timm keeps the classifier
+    for m in stock.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    path = tmp_path / "resnet18.pth"
+    torch.save(stock.state_dict(), path)
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("resnet18_op_d2", "resnet18_op_d2_bn", "resnet18_op_d4_res"):
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        with torch.no_grad():
+            assert relative_error(model.eval()(x), stock.eval()(x)) < 1e-4, name
+
+
+def test_torchvision_get_model_and_zoo_create_model():
+    model = torchvision.models.get_model("alexnet_op_d2", num_classes=3)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert isinstance(
+        create_model("mobilenet_v2_op_d2", zoo="torchvision", num_classes=2).classifier[1], OverparamChain
+    )
+    with pytest.raises(KeyError, match="unknown op variant 'resnet19_op_d2'"):
+        create_model("resnet19_op_d2")
+
+
+def test_reimport_registers_nothing_twice():
+    import importlib
+
+    before = copy.copy(timm.list_models("*_op_*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        importlib.reload(overparam_zoo)
+    assert timm.list_models("*_op_*") == before
