@@ -122,6 +122,7 @@ def _timm_builder(variant: Variant):
         apply_variant(model, variant, init="expand" if pretrained else "match")
         cfg = _map_cfg_paths(dict(getattr(model, "pretrained_cfg", {}) or {}), variant, model)
         model.pretrained_cfg = model.default_cfg = cfg
+        model.overparam_zoo = {"variant": variant.name, "zoo": "timm", "model_args": kwargs}
         return model
 
     build.__name__ = build.__qualname__ = variant.name
@@ -136,6 +137,7 @@ def _torchvision_builder(variant: Variant):
 
         model = torchvision.models.get_model(variant.base, weights=weights, progress=progress, **kwargs)
         apply_variant(model, variant, init="expand" if weights is not None else "match")
+        model.overparam_zoo = {"variant": variant.name, "zoo": "torchvision", "model_args": kwargs}
         return model
 
     build.__name__ = build.__qualname__ = variant.name

@@ -1,0 +1,224 @@
+"""Export: an op model's collapsed weights as a standard checkpoint of its base architecture.
+
+The folder holds ``model.safetensors`` and a timm ``config.json`` whose ``architecture`` is the
+base (written by timm's own ``save_config_for_hf``), so plain timm loads it with no plugin:
+``timm.create_model("local-dir:DIR", pretrained=True)``. Provenance (variant, recipe hash,
+versions, the float64 collapse error on a probe input) sits at the top level of the JSON,
+where timm ignores it. Torchvision variants get the same two files; their state dict loads
+with ``strict=True`` into ``torchvision.models.<base>(num_classes=N)``.
+
+Writes are atomic: everything goes to a temporary folder beside ``out_dir`` that is renamed
+into place at the end, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .collapse import collapsed_state_dict
+from .plugins import get_plugin_manager
+from .recipe import Variant
+from .registry import get_variant
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "export_collapsed",
+    "build_stock",
+    "variant_of",
+    "check_out_dir",
+    "PROVENANCE_KEY",
+]
+
+PROVENANCE_KEY = "overparam_zoo"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done; the message is one line that says why."""
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and what was measured."""
+
+    out_dir: Path
+    weights: Path
+    config: dict[str, Any]
+    max_collapse_error: float
+    extra_files: list[Path] = field(default_factory=list)
+
+
+def variant_of(model: nn.Module) -> tuple[Variant, dict[str, Any]]:
+    """The variant an op model was built from, and the kwargs its base was built with."""
+    info = getattr(model, "overparam_zoo", None)
+    if not isinstance(info, dict) or "variant" not in info:
+        raise ExportError("this model was not built by overparam_zoo; pass variant=NAME")
+    return get_variant(info["variant"], info["zoo"]), dict(info.get("model_args", {}))
+
+
+def build_stock(variant: Variant, model_args: dict[str, Any]) -> nn.Module:
+    """The unmodified base architecture, built with the op model's kwargs."""
+    if variant.zoo == "timm":
+        import timm
+
+        return timm.create_model(variant.base, **model_args)
+    import torchvision
+
+    return torchvision.models.get_model(variant.base, **model_args)
+
+
+def _probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
+    if variant.zoo == "timm":
+        try:
+            from timm.models._hub import get_model_input_config
+
+            return tuple(get_model_input_config(stock)["input_size"])
+        except (ImportError, KeyError, AttributeError):
+            return tuple(stock.pretrained_cfg["input_size"])
+    first = next(m for m in stock.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return (first.in_channels, 224, 224) if isinstance(first, nn.Conv2d) else (first.in_features,)
+
+
+def _max_collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], shape: tuple[int, ...]) -> float:
+    """Max relative output difference between the op model and its collapse, both in float64."""
+    op = copy.deepcopy(model).double().eval()
+    ref = build_stock(variant, args).double().eval()
+    ref.load_state_dict(collapsed_state_dict(op), strict=True)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        a, b = op(x), ref(x)
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("overparam-zoo", "torch", "timm", "torchvision", "safetensors"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _provenance(variant: Variant, error: float, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "variant": variant.name,
+        "zoo": variant.zoo,
+        "base": variant.base,
+        "recipe": variant.recipe.path.name,
+        "recipe_sha256": variant.recipe.sha256,
+        "versions": _versions(),
+        "max_collapse_error": error,
+        "probe_input_size": list(shape),
+    }
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ExportError(f"{out_dir} exists and is not empty; use force=True (--force) to replace it")
+
+
+def _write_config(stock: nn.Module, variant: Variant, path: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    if variant.zoo == "timm":
+        from timm.models._hub import save_config_for_hf
+
+        save_config_for_hf(stock, str(path), model_config={PROVENANCE_KEY: provenance})
+        return json.loads(path.read_text())
+    classifier = [m for m in stock.modules() if isinstance(m, nn.Linear)][-1]
+    config = {
+        "architecture": variant.base,
+        "zoo": "torchvision",
+        "num_classes": classifier.out_features,
+        PROVENANCE_KEY: provenance,
+    }
+    path.write_text(json.dumps(config, indent=2))
+    return config
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "previous")
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_collapsed(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    variant: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write ``model``'s collapsed weights as a standard checkpoint of its base architecture.
+
+    Args:
+        model: an op model (from the registry, or any model with the variant's structure).
+        out_dir: the export folder (created; must be empty or absent unless ``force``).
+        variant: the variant name, when ``model`` was not built by ``overparam_zoo``.
+        model_args: kwargs its base was built with (``num_classes``, ...), with ``variant``.
+        force: replace an existing non-empty ``out_dir``.
+        progress: called with a short description before each step.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ExportError: for a model that does not fit its base architecture, or an occupied
+            ``out_dir``; nothing is written then.
+        ValueError: when a bias gained inside a chain has no BatchNorm to fold into.
+    """
+    step = progress or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force)
+    if variant is not None:
+        found, args = get_variant(variant), dict(model_args or {})
+    else:
+        found, args = variant_of(model)
+    step("collapsing")
+    state = {k: v.detach().contiguous().clone() for k, v in collapsed_state_dict(model).items()}
+    step(f"loading into {found.base}")
+    stock = build_stock(found, args).eval()
+    try:
+        stock.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ExportError(f"collapsed weights do not fit {found.zoo} {found.base}: {' '.join(first[1:3])}") from err
+    step("measuring the collapse error (float64)")
+    shape = _probe_shape(stock, found)
+    error = _max_collapse_error(model, found, args, shape)
+    step(f"writing {out_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = _write_config(stock, found, tmp / CONFIG_NAME, _provenance(found, error, shape))
+        extra: list[Path] = []
+        for written in get_plugin_manager().hook.overparam_zoo_export(model=stock, out_dir=tmp, config=config):
+            extra += [out_dir / Path(p).relative_to(tmp) for p in written or []]
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, out_dir / WEIGHTS_NAME, config, error, extra)

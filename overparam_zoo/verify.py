@@ -1,0 +1,77 @@
+"""Verification of a collapse: per layer and for the whole model, in float64."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from overparam import OverparamChain
+
+from .collapse import collapsed_state_dict
+from .export import _probe_shape, build_stock
+from .recipe import Variant
+
+__all__ = ["LayerCheck", "VerifyReport", "verify_collapse"]
+
+
+@dataclass
+class LayerCheck:
+    path: str
+    kind: str
+    error: float
+
+
+@dataclass
+class VerifyReport:
+    layers: list[LayerCheck]
+    model_error_float64: float
+    model_error_float32: float
+
+    @property
+    def max_layer_error(self) -> float:
+        return max((c.error for c in self.layers), default=0.0)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def _model_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
+    stock = build_stock(variant, args).to(x.dtype).eval()
+    stock.load_state_dict(collapsed_state_dict(model), strict=True)
+    with torch.no_grad():
+        return _relative(stock(x), model(x))
+
+
+def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, Any]) -> VerifyReport:
+    """Compare, on a seeded probe input of the model's input size: each chain's collapsed
+    forward with its expanded forward on the input it really sees, and the whole op model
+    with its collapsed stock model (float64 and float32)."""
+    op = copy.deepcopy(model).double().eval()
+    shape = _probe_shape(build_stock(variant, model_args), variant)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    checks: list[LayerCheck] = []
+
+    def hook(path: str):
+        def check(module: OverparamChain, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            checks.append(
+                LayerCheck(path, type(module).__name__, _relative(output, module.expanded_forward(inputs[0])))
+            )
+
+        return check
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in op.named_modules() if isinstance(m, OverparamChain)]
+    try:
+        with torch.no_grad():
+            op(x)
+    finally:
+        for h in handles:
+            h.remove()
+    op32 = copy.deepcopy(model).float().eval()
+    return VerifyReport(
+        checks, _model_error(op, variant, model_args, x), _model_error(op32, variant, model_args, x.float())
+    )
