@@ -1,0 +1,79 @@
+"""The overparam-zoo command line and running unmodified scripts with the registry loaded."""
+
+import subprocess
+import sys
+import textwrap
+
+from overparam_zoo.cli import main
+
+TRAIN_PY_LIKE = """
+import argparse, importlib, sys
+import timm, torch
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model")
+parser.add_argument("--device-modules", nargs="+", default=None)
+args = parser.parse_args()
+# as timm's train.py does with --device-modules
+for module in args.device_modules or []:
+    importlib.import_module(module)
+model = timm.create_model(args.model, num_classes=3)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+for _ in range(2):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print("trained", type(model.conv1).__name__, float(loss) > 0)
+"""
+
+
+def test_list_and_show(capsys):
+    assert main(["list", "resnet18_op_d2*", "--zoo", "timm"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18_op_d2_bn" in out and "resnet34" not in out
+    assert main(["list", "nothing*"]) == 1
+    assert main(["show", "resnet18_op_d2"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "[3x3 1x1]" in out
+    assert "parameters after collapse: 11,689,512" in out
+    assert main(["show", "nope"]) == 2
+
+
+def test_device_modules_loop_with_only_timm(tmp_path):
+    script = tmp_path / "train_like.py"
+    script.write_text(textwrap.dedent(TRAIN_PY_LIKE))
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", "resnet18_op_d2", "--device-modules", "overparam_zoo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trained OverparamConv2d True" in result.stdout
+
+
+def test_run_launcher_passes_argv_and_exit_code(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys, timm
+        assert "resnet18_op_d2" in timm.list_models("*_op_*")
+        print("argv", sys.argv[1:])
+        sys.exit(int(sys.argv[1]))
+    """)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "overparam_zoo.cli", "run", str(script), "3", "--flag"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "argv ['3', '--flag']" in result.stdout
+
+
+def test_console_script_help():
+    result = subprocess.run(["overparam-zoo", "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0
+    for command in ("list", "show", "run", "export", "verify", "spectrum"):
+        assert command in result.stdout
