@@ -1,8 +1,9 @@
 """Reading training checkpoints: timm ``train.py`` files, plain state dicts and safetensors.
 
-``load_op_model`` rebuilds the op model a checkpoint was trained as: the variant comes from
-the caller, the checkpoint's ``args.model`` or ``arch``, or a ``config.json`` beside it; the
-class count and input channels from the shapes of the classifier and first conv.
+``load_model`` rebuilds the model a checkpoint holds (an op variant, or a stock timm or
+torchvision model): the architecture comes from the caller, the checkpoint's ``args.model`` or
+``arch``, or a ``config.json`` beside it; the class count and input channels from the shapes
+of the classifier and first conv.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .recipe import Variant
 from .registry import create_model, get_variant
 
-__all__ = ["CheckpointError", "read_checkpoint", "load_op_model"]
+__all__ = ["CheckpointError", "read_checkpoint", "load_model", "build_by_name", "looks_like_file"]
 
 
 class CheckpointError(RuntimeError):
@@ -54,7 +54,43 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str
     return state, {k: v for k, v in meta.items() if not k.startswith("state_dict")}
 
 
-def _variant_name(path: Path, meta: dict[str, Any], model: str | None) -> str:
+def build_by_name(name: str, **kwargs: Any) -> nn.Module:
+    """An op variant, a timm model or a torchvision model, by name.
+
+    Raises:
+        CheckpointError: for a name no zoo knows, or a build that fails.
+    """
+    import timm
+    import torchvision
+
+    try:
+        variant = get_variant(name)
+    except KeyError:
+        variant = None
+    try:
+        if variant is not None:
+            return create_model(name, zoo=variant.zoo, **kwargs)
+        if timm.is_model(name):
+            return timm.create_model(name, **kwargs)
+        if name in torchvision.models.list_models():
+            return torchvision.models.get_model(name, **kwargs)
+    except Exception as err:
+        raise CheckpointError(f"could not build {name!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+    raise CheckpointError(f"unknown model {name!r}: not an op variant, a timm or a torchvision model")
+
+
+def _is_known(name: str) -> bool:
+    import timm
+    import torchvision
+
+    try:
+        get_variant(name)
+        return True
+    except KeyError:
+        return timm.is_model(name) or name in torchvision.models.list_models()
+
+
+def _architecture(path: Path, meta: dict[str, Any], model: str | None) -> str:
     if model:
         return model
     args = meta.get("args")
@@ -62,25 +98,28 @@ def _variant_name(path: Path, meta: dict[str, Any], model: str | None) -> str:
     config = path.parent / "config.json"
     if config.is_file():
         data = json.loads(config.read_text())
-        candidates.append(data.get("overparam_zoo", {}).get("variant") or data.get("architecture"))
+        candidates += [data.get("overparam_zoo", {}).get("variant"), data.get("architecture")]
     for name in candidates:
-        if isinstance(name, str):
-            try:
-                get_variant(name)
-                return name
-            except KeyError:
-                continue
-    raise CheckpointError(f"cannot tell which op variant {path} holds (no --model, args.model or arch names one)")
+        if isinstance(name, str) and _is_known(name):
+            return name
+    raise CheckpointError(
+        f"cannot tell which model {path} holds (no --model, args.model, arch or config.json names one)"
+    )
 
 
-def _shape_args(variant: Variant, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _shape_args(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """``num_classes``/``in_chans`` read off the classifier and first conv of the checkpoint."""
-    if variant.zoo != "timm":
-        linears = [k for k in state if k.endswith(".weight") and state[k].dim() == 2]
-        return {"num_classes": state[linears[-1]].shape[0]} if linears else {}
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(variant.name).to_dict()
+    try:
+        zoo = get_variant(name).zoo
+    except KeyError:
+        zoo = "timm" if timm.is_model(name) else "torchvision"
+    if zoo != "timm":
+        linears = [k for k in state if k.endswith(".weight") and state[k].dim() == 2]
+        return {"num_classes": state[linears[-1]].shape[0]} if linears else {}
+    cfg = timm.models.get_pretrained_cfg(name)
+    cfg = cfg.to_dict() if cfg is not None else {}
     args: dict[str, Any] = {}
     classifier = cfg.get("classifier")
     if isinstance(classifier, str) and f"{classifier}.weight" in state:
@@ -107,22 +146,35 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
     return ", ".join(parts)
 
 
-def load_op_model(path: str | Path, *, model: str | None = None, use_ema: bool = True) -> tuple[nn.Module, str]:
-    """Rebuild the op model held by a checkpoint, in eval mode; returns it and its variant name.
+_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+def looks_like_file(source: str) -> bool:
+    return Path(source).exists() or source.endswith(_SUFFIXES) or "/" in source
+
+
+def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = True) -> tuple[nn.Module, str]:
+    """A model by name, or the model a checkpoint holds, in eval mode; returns it and its name.
+
+    Args:
+        source: a model name (op variant, timm or torchvision) or a checkpoint file.
+        model: the architecture of a checkpoint that does not name it.
+        use_ema: prefer ``state_dict_ema`` in timm train.py checkpoints.
 
     Raises:
-        CheckpointError: unreadable file, unknown variant, or a state dict that does not fit.
+        CheckpointError: unknown model, unreadable file, or a state dict that does not fit.
     """
-    path = Path(path)
+    source = str(source)
+    if not looks_like_file(source):
+        if model:
+            raise CheckpointError(f"--model is for checkpoint files, but {source!r} is a model name, not a file")
+        return build_by_name(source).eval(), source
+    path = Path(source)
     state, meta = read_checkpoint(path, use_ema=use_ema)
-    name = _variant_name(path, meta, model)
-    try:
-        variant = get_variant(name)
-    except KeyError as err:
-        raise CheckpointError(err.args[0]) from err
-    op = create_model(name, zoo=variant.zoo, **_shape_args(variant, state))
-    mismatch = _describe_mismatch(op, state)
+    name = _architecture(path, meta, model)
+    built = build_by_name(name, **_shape_args(name, state))
+    mismatch = _describe_mismatch(built, state)
     if mismatch:
         raise CheckpointError(f"{path} does not fit {name}: {mismatch}")
-    op.load_state_dict(state, strict=True)
-    return op.eval(), name
+    built.load_state_dict(state, strict=True)
+    return built.eval(), name

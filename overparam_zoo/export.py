@@ -67,7 +67,10 @@ def variant_of(model: nn.Module) -> tuple[Variant, dict[str, Any]]:
     """The variant an op model was built from, and the kwargs its base was built with."""
     info = getattr(model, "overparam_zoo", None)
     if not isinstance(info, dict) or "variant" not in info:
-        raise ExportError("this model was not built by overparam_zoo; pass variant=NAME")
+        raise ExportError(
+            "the model is not an op variant built by overparam_zoo, so there is nothing to collapse "
+            "(for an op model built by hand, pass variant=NAME)"
+        )
     return get_variant(info["variant"], info["zoo"]), dict(info.get("model_args", {}))
 
 

@@ -225,7 +225,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_timm_model, capsys):
     missing = tmp_path / "nope.pth"
     assert main(["spectrum", str(missing), "--model", "test_resnet"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no such file" in err and str(missing) in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "no checkpoint file" in err and str(missing) in err and "Traceback" not in err
 
     assert main(["spectrum", "no_such_model_xyz"]) == 1
     err = capsys.readouterr().err

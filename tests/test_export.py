@@ -128,12 +128,14 @@ def test_cli_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     other = timm.create_model("resnet34_op_d2", num_classes=5)
     torch.save(other.state_dict(), tmp_path / "other.pth")
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "stock.pth")
     cases = [
         (["other.pth", "--model", "resnet18_op_d2"], "does not fit resnet18_op_d2: .*unexpected keys"),
         (["corrupt.pth", "--model", "resnet18_op_d2"], "cannot read"),
-        (["other.pth"], "cannot tell which op variant"),
+        (["other.pth"], "cannot tell which model"),
         (["missing.pth", "--model", "resnet18_op_d2"], "no checkpoint file"),
-        (["other.pth", "--model", "resnet99_op_d2"], "unknown op variant"),
+        (["stock.pth", "--model", "resnet18"], "not an op variant"),
+        (["other.pth", "--model", "resnet99_op_d2"], "unknown model .resnet99_op_d2."),
     ]
     for argv, message in cases:
         out = tmp_path / "out"

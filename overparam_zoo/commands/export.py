@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from overparam_zoo.checkpoint import CheckpointError, load_op_model
+    from overparam_zoo.checkpoint import CheckpointError, load_model
     from overparam_zoo.export import ExportError, check_out_dir, export_collapsed
 
     bar = tqdm(total=5, desc="export", file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} {postfix}")
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_out_dir(Path(args.out), args.force)
         step("reading checkpoint")
-        model, name = load_op_model(args.checkpoint, model=args.model, use_ema=not args.no_ema)
+        model, name = load_model(args.checkpoint, model=args.model, use_ema=not args.no_ema)
         result = export_collapsed(model, args.out, force=args.force, progress=step)
     except (CheckpointError, ExportError, ValueError) as err:
         bar.close()

@@ -2,10 +2,10 @@
 
 ``MODEL_OR_CHECKPOINT`` is a timm model name (``resnet18``, or a registered variant such as
 ``resnet18_op_d2``; torchvision names work too) or a checkpoint file: ``.safetensors`` or a
-torch file holding a plain state dict or one under ``state_dict``/``state_dict_ema`` (timm
-``train.py`` checkpoints; ``module.`` prefixes are stripped). A checkpoint needs the
-architecture: ``--model NAME``, or a timm ``config.json`` with an ``architecture`` key in the
-same folder (as written by an export). Over-parameterized layers are measured on their
+torch file holding a plain state dict or a timm ``train.py`` checkpoint (EMA weights
+preferred; ``module.`` prefixes are stripped). A checkpoint needs the architecture:
+``--model NAME``, the checkpoint's ``args.model``, or a ``config.json`` beside it (as written
+by an export). Over-parameterized layers are measured on their
 effective (collapsed) weight, so a training checkpoint and its export give the same numbers.
 """
 
@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,6 @@ from overparam.analysis import LayerSpectrum, spectrum
 
 __all__ = ["register", "run", "load_model", "SpectrumError"]
 
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
-_STATE_KEYS = ("state_dict", "state_dict_ema")
 _PLOT_HINT = "pip install overparam-zoo[plot]"
 
 
@@ -87,151 +85,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- loading
-def _looks_like_file(source: str) -> bool:
-    return os.path.exists(source) or source.endswith(_CHECKPOINT_SUFFIXES) or os.sep in source
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _create(name: str, **kwargs: Any) -> nn.Module:
-    """Build an architecture by timm name (after ``import overparam_zoo``), else torchvision."""
-    try:
-        import timm
-
-        import overparam_zoo  # noqa: F401  (registers the over-parameterized variants)
-    except ImportError as err:
-        raise SpectrumError(f"building models needs timm ({err}): pip install overparam-zoo[zoo]") from None
-    if timm.is_model(name):
-        try:
-            return timm.create_model(name, pretrained=False, **kwargs)
-        except Exception as err:  # noqa: BLE001 - reported as one line
-            raise SpectrumError(f"could not build timm model {name!r}: {_first_line(err)}") from None
-    try:
-        import torchvision
-    except ImportError:
-        torchvision = None
-    if torchvision is not None and name in torchvision.models.list_models():
-        try:
-            return torchvision.models.get_model(name, weights=None, **kwargs)
-        except Exception as err:  # noqa: BLE001
-            raise SpectrumError(f"could not build torchvision model {name!r}: {_first_line(err)}") from None
-    raise SpectrumError(f"unknown model {name!r} (not a timm or torchvision model name, and no such file)")
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path), device="cpu")
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError as err:
-        raise SpectrumError(f"reading {path.name} needs safetensors ({err}): pip install overparam-zoo[zoo]") from None
-    except Exception as err:  # noqa: BLE001
-        raise SpectrumError(f"could not read {path}: {_first_line(err)}") from None
-    if isinstance(raw, Mapping):
-        for key in _STATE_KEYS:
-            if isinstance(raw.get(key), Mapping):
-                raw = raw[key]
-                break
-    if not isinstance(raw, Mapping):
-        raise SpectrumError(f"{path} holds a {type(raw).__name__}, not a state dict")
-    state = {str(k): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise SpectrumError(f"{path} holds no tensors (expected a state dict, or one under {'/'.join(_STATE_KEYS)})")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    config_path = path.parent / "config.json"
-    if not config_path.is_file():
-        return {}
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as err:
-        raise SpectrumError(f"could not read {config_path}: {_first_line(err)}") from None
-    return config if isinstance(config, dict) else {}
-
-
-def _classifier_size(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
-    """The class count the checkpoint's classifier has, when it differs from the model's."""
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
-    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    for name in names:
-        weight = state.get(f"{name}.weight") if name else None
-        current = getattr(model, "num_classes", None)
-        if weight is not None and current is not None and weight.dim() >= 1 and weight.shape[0] != current:
-            return int(weight.shape[0])
-    return None
-
-
-def _check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, architecture: str, path: Path) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-    if shapes:
-        k = shapes[0]
-        parts.append(
-            f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in the file, "
-            f"{tuple(expected[k].shape)} in the model)"
-        )
-    raise SpectrumError(f"{path} does not fit {architecture}: " + ", ".join(parts))
-
-
 def load_model(source: str, model_name: str | None = None) -> tuple[nn.Module, str]:
-    """Build the model to measure, in eval mode.
-
-    Args:
-        source: a timm (or torchvision) model name, or a checkpoint file.
-        model_name: the architecture of a checkpoint file; default: ``architecture`` from a
-            ``config.json`` beside the file.
-
-    Returns:
-        ``(model, architecture name)``.
+    """The model to measure, in eval mode, and its architecture name
+    (see :func:`overparam_zoo.checkpoint.load_model`).
 
     Raises:
         SpectrumError: unknown model, missing or unreadable file, or a state dict that does
             not fit the architecture.
     """
-    if not _looks_like_file(source):
-        if model_name:
-            raise SpectrumError(f"--model is for checkpoint files, but {source!r} is a model name and not a file")
-        return _create(source).eval(), source
-    path = Path(source)
-    if not path.is_file():
-        raise SpectrumError(f"no such file: {source}")
-    config = _read_config(path)
-    architecture = model_name or config.get("architecture")
-    if not architecture:
-        raise SpectrumError(f"{source} is a checkpoint: give its architecture with --model NAME")
-    state = _read_state_dict(path)
-    kwargs: dict[str, Any] = {}
-    if not model_name and isinstance(config.get("num_classes"), int):
-        kwargs["num_classes"] = config["num_classes"]
-    model = _create(architecture, **kwargs)
-    num_classes = _classifier_size(model, state)
-    if num_classes is not None:
-        model = _create(architecture, **{**kwargs, "num_classes": num_classes})
-    _check_fits(state, model, architecture, path)
+    from overparam_zoo.checkpoint import CheckpointError
+    from overparam_zoo.checkpoint import load_model as load
+
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise SpectrumError(f"{path} does not fit {architecture}: {_first_line(err)}") from None
-    return model.eval(), architecture
+        return load(source, model=model_name)
+    except CheckpointError as err:
+        raise SpectrumError(str(err)) from None
 
 
 # ---------------------------------------------------------------------- output

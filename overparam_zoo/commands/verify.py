@@ -19,20 +19,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.checkpoint import CheckpointError, load_op_model
-    from overparam_zoo.export import variant_of
+    from overparam_zoo.checkpoint import CheckpointError, load_model
+    from overparam_zoo.export import ExportError, variant_of
     from overparam_zoo.registry import create_model, get_variant
     from overparam_zoo.verify import verify_collapse
 
     try:
         if Path(args.target).exists():
-            model, _ = load_op_model(args.target, model=args.model, use_ema=not args.no_ema)
+            model, _ = load_model(args.target, model=args.model, use_ema=not args.no_ema)
         else:
             get_variant(args.target)
             model = create_model(args.target).eval()
         variant, model_args = variant_of(model)
         report = verify_collapse(model, variant, model_args)
-    except (CheckpointError, KeyError, ValueError) as err:
+    except (CheckpointError, ExportError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) else err
         print(f"overparam-zoo verify: error: {message}", file=sys.stderr)
         return 1
