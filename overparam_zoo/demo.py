@@ -123,11 +123,13 @@ def run_demo(
     """
     import timm
 
-    from .export import export_collapsed
+    from .export import check_out_dir, export_collapsed
     from .registry import get_variant
 
     start = time.perf_counter()
     variant = get_variant(model_name, "timm")
+    export_dir = Path(out) / model_name
+    check_out_dir(export_dir, force)  # before training, not after
     x_train, y_train, x_test, y_test = load_digits_split(seed, size)
     models = {}
     for label, name in (("stock", variant.base), ("op", model_name)):
@@ -136,7 +138,6 @@ def run_demo(
         train_params = sum(p.numel() for p in models[label].parameters())
         _train(models[label], x_train, y_train, epochs, seed, label)
         models[label].train_params = train_params
-    export_dir = Path(out) / model_name
     export_collapsed(models["op"], export_dir, force=force)
     op_logits = _logits(models["op"], x_test)
     with tempfile.TemporaryDirectory() as work:

@@ -139,3 +139,16 @@ def test_single_layer_and_zero_init():
     chain(torch.randn(2, 4)).sum().backward()
     assert chain.factors[-1].weight.grad.abs().sum() > 0
     assert isinstance(collapse(chain), nn.Linear)
+
+
+def test_timm_reparameterize_model_collapses_through_fuse():
+    from timm.utils.model import reparameterize_model
+
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    overparameterize(model, depth=3)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        stock = reparameterize_model(model)
+        assert not any(isinstance(m, OverparamChain) for m in stock.modules())
+        assert relative_error(stock(x), expected) < 1e-5
