@@ -98,14 +98,32 @@ class OverparamChain(nn.Module):
 
     # ------------------------------------------------------------------ effective weights
     def _state_tensors(self) -> list[Tensor]:
+        """Every tensor the effective weight depends on: factor weights and biases, BN
+        affine parameters and running statistics.
+
+        Reads the modules' ``_parameters``/``_buffers`` directly: this runs on every eval
+        forward, and ``nn.Module.__getattr__`` would cost more than a small conv.
+        """
         tensors: list[Tensor] = []
-        for f in self.factors:
-            tensors.append(f.weight)
-            if f.bias is not None:
-                tensors.append(f.bias)
-        if self.norms is not None:
-            for bn in self.norms:
-                tensors += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+        for f in self._modules["factors"]._modules.values():  # type: ignore[union-attr]
+            params = f._parameters
+            weight = params["weight"] if "weight" in params else f.weight  # parametrized: a fresh tensor
+            tensors.append(weight)
+            bias = params.get("bias")
+            if bias is not None:
+                tensors.append(bias)
+        norms = self._modules.get("norms")
+        if norms is not None:
+            for bn in norms._modules.values():
+                params, buffers = bn._parameters, bn._buffers
+                for t in (
+                    params.get("weight"),
+                    params.get("bias"),
+                    buffers.get("running_mean"),
+                    buffers.get("running_var"),
+                ):
+                    if t is not None:
+                        tensors.append(t)
         return tensors
 
     def effective_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
@@ -119,13 +137,14 @@ class OverparamChain(nn.Module):
                 [None] * self.depth if self.norms is None else [bn_affine(bn) for bn in self.norms],
             )
 
-    def _cached_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+    def _cached_weight_and_bias(self, tensors: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """The effective weight, rebuilt when any factor or BN tensor changed.
 
         In-place updates (optimizers, EMA, ``load_state_dict``) bump a tensor's ``_version``;
         a replaced tensor changes ``data_ptr``; ``.to()`` clears the cache in ``_apply``.
         """
-        tensors = self._state_tensors()
+        if tensors is None:
+            tensors = self._state_tensors()
         key = tuple((t._version, t.data_ptr()) for t in tensors) + (torch.is_inference_mode_enabled(),)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
@@ -137,9 +156,12 @@ class OverparamChain(nn.Module):
         return torch.is_grad_enabled() and any(t.requires_grad for t in self._state_tensors())
 
     def _weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
-        if torch.compiler.is_compiling() or self._needs_graph():
+        if torch.compiler.is_compiling():
             return self.effective_weight_and_bias()
-        return self._cached_weight_and_bias()
+        tensors = self._state_tensors()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self.effective_weight_and_bias()
+        return self._cached_weight_and_bias(tensors)
 
     @property
     def weight(self) -> Tensor:
@@ -177,18 +199,28 @@ class OverparamChain(nn.Module):
         """Run the factors in sequence in the current mode (BN uses running stats in eval).
 
         All padding is applied once, before the first factor; later factors are "valid".
+        Symmetric zero padding is left to the first conv (no padded copy is made and saved
+        for backward) unless an identity skip needs the padded input.
         """
         plan = self.plan
         lead = None
+        first_padding = None
         if plan.ndim == 0:
             lead = x.shape[:-1]
             x = x.reshape(-1, x.shape[-1])
+        elif 0 not in plan.skip_sources and plan.padding_mode == "zeros" and all(a == b for a, b in plan.padding):
+            first_padding = tuple(a for a, _ in plan.padding)
         else:
             x = self._pad(x)
         sources = plan.skip_sources
         saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
         for i, factor in enumerate(self.factors, start=1):
-            x = factor(x)
+            if i == 1 and first_padding is not None:
+                x = _CONV_FUNCTIONS[plan.ndim](
+                    x, factor.weight, factor.bias, factor.stride, first_padding, factor.dilation, factor.groups
+                )
+            else:
+                x = factor(x)
             if self.norms is not None:
                 x = self.norms[i - 1](x)
             for skip in plan.skips_into(i):
@@ -206,9 +238,16 @@ class OverparamChain(nn.Module):
         if self._train_path != "auto":
             return self._train_path == "composed"
         shape = tuple(x.shape)
-        choice = self._path_by_shape.get(shape)
+        # counted for forward + backward: the input's own gradient is only paid when needed
+        needs_input_grad = x.requires_grad
+        if torch.compiler.is_compiling():
+            # Traced once per graph and folded to a constant; reading or filling the memo here
+            # would guard on its contents and recompile after the first compiled call.
+            return prefer_composed(self.plan, shape, needs_input_grad)
+        key = (shape, needs_input_grad)
+        choice = self._path_by_shape.get(key)
         if choice is None:
-            choice = self._path_by_shape[shape] = prefer_composed(self.plan, shape)
+            choice = self._path_by_shape[key] = prefer_composed(self.plan, shape, needs_input_grad)
         return choice
 
     def forward(self, x: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cost import Order, composition_order, segment_nodes
 from .plan import ChainPlan
 
 __all__ = ["compose_kernels", "centre_pad", "identity_kernel", "collapse_chain", "bn_affine"]
@@ -27,7 +28,8 @@ def compose_kernels(outer: Tensor, inner: Tensor, groups: int = 1) -> Tensor:
     """Kernel of ``outer`` applied after ``inner`` (both PyTorch cross-correlations).
 
     Composing correlations gives the *full convolution* of the two kernels, computed here
-    with one grouped convolution; a 1x1 (or Linear) outer factor is a batched matmul.
+    with one grouped convolution. When either kernel is 1x1 (or a Linear weight) it is a
+    batched matmul over the other kernel's taps, with no zero padding.
     """
     if outer.dim() == 2:
         return outer @ inner
@@ -38,6 +40,13 @@ def compose_kernels(outer: Tensor, inner: Tensor, groups: int = 1) -> Tensor:
         w = outer.reshape(groups, out_ch // groups, hid_per_group)
         a = inner.reshape(groups, hid_per_group, -1)
         return torch.bmm(w, a).reshape(out_ch, in_per_group, *inner.shape[2:])
+    if all(k == 1 for k in inner.shape[2:]):
+        # [o, m, taps] x [m, c] per group: move the taps next to the output channels
+        taps = outer.shape[2:].numel()
+        w = outer.reshape(groups, out_ch // groups, hid_per_group, taps).transpose(2, 3)
+        a = inner.reshape(groups, hid_per_group, in_per_group)
+        composed = torch.matmul(w, a.unsqueeze(1))  # [g, o/g, taps, c]
+        return composed.transpose(2, 3).reshape(out_ch, in_per_group, *spatial)
     # inner as a batch of `in/groups` images with `hidden` channels; padding k-1 gives the
     # full convolution, and flipping turns PyTorch's correlation into a convolution.
     images = inner.transpose(0, 1)
@@ -94,6 +103,13 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a + b
 
 
+def _compose_in_order(order: Order, kernels: Sequence[Tensor], groups: int) -> Tensor:
+    if isinstance(order, int):
+        return kernels[order]
+    inner, outer = order
+    return compose_kernels(_compose_in_order(outer, kernels, groups), _compose_in_order(inner, kernels, groups), groups)
+
+
 def collapse_chain(
     plan: ChainPlan,
     weights: Sequence[Tensor],
@@ -104,6 +120,11 @@ def collapse_chain(
 ) -> tuple[Tensor, Tensor | None]:
     """The effective weight and bias of a chain (bias ``None`` when the chain has none).
 
+    The kernel of every node that a skip leaves from or enters is built from the previous
+    such node's kernel and the factors in between, multiplied in the cheapest order
+    (:func:`overparam.cost.composition_order`); a batch norm's scale is folded into the rows
+    of its factor first. Shifts are vectors and are propagated factor by factor.
+
     Args:
         plan: the chain's structure.
         weights: factor weights, in order.
@@ -112,29 +133,40 @@ def collapse_chain(
         with_skips: leave the identity skips out (used to size the initialisation).
     """
     skip_sources = plan.skip_sources if with_skips else frozenset()
-    kernels: dict[int, Tensor] = {}
-    shifts: dict[int, Tensor | None] = {}
-    if 0 in skip_sources:
-        kernels[0] = identity_kernel(
-            plan.in_channels, plan.groups, plan.ndim, dtype=weights[0].dtype, device=weights[0].device
-        )
-        shifts[0] = None
-    kernel: Tensor = weights[0]
+    # shifts: node i's constant c_i, propagated through the (unscaled) factors
+    shifts: dict[int, Tensor | None] = {0: None}
     shift: Tensor | None = biases[0]
     for i in range(1, plan.depth + 1):
         if i > 1:
             w = weights[i - 1]
             shift = _add(None if shift is None else _apply_to_constant(w, shift, plan.groups), biases[i - 1])
-            kernel = compose_kernels(w, kernel, plan.groups)
         norm = norms[i - 1]
         if norm is not None:
             scale, bn_shift = norm
-            kernel = kernel * scale.reshape(-1, *((1,) * (kernel.dim() - 1)))
             shift = bn_shift if shift is None else scale * shift + bn_shift
         if with_skips:
             for skip in plan.skips_into(i):
-                kernel = kernel + centre_pad(kernels[skip.source], kernel.shape[2:])
                 shift = _add(shift, shifts[skip.source])
         if i in skip_sources:
-            kernels[i], shifts[i] = kernel, shift
+            shifts[i] = shift
+    # kernels: a batch norm after factor i scales factor i's output channels
+    factors = [
+        w if norm is None else w * norm[0].reshape(-1, *((1,) * (w.dim() - 1))) for w, norm in zip(weights, norms)
+    ]
+    kernels: dict[int, Tensor] = {}
+    if 0 in skip_sources:
+        kernels[0] = identity_kernel(
+            plan.in_channels, plan.groups, plan.ndim, dtype=weights[0].dtype, device=weights[0].device
+        )
+    nodes = segment_nodes(plan, with_skips)
+    kernel = factors[0]
+    for start, end in zip(nodes, nodes[1:]):
+        order, _ = composition_order(plan, start, end)
+        leaves = ([kernel] if start > 0 else []) + factors[start:end]
+        kernel = _compose_in_order(order, leaves, plan.groups)
+        if with_skips:
+            for skip in plan.skips_into(end):
+                kernel = kernel + centre_pad(kernels[skip.source], kernel.shape[2:])
+        if end in skip_sources:
+            kernels[end] = kernel
     return kernel.contiguous(), shift

@@ -38,8 +38,8 @@ def test_at_least_twelve_timm_variants_and_the_expected_bases():
         "resnet50",
         "mobilenet_v2",
     }
-    assert set(timm.list_models("*_op_*")) == set(TIMM)
-    assert set(torchvision.models.list_models(include="*_op_*")) == set(TORCHVISION)
+    assert set(timm.list_models("*_op_*")) == set(list_variants(zoo="timm"))
+    assert set(torchvision.models.list_models(include="*_op_*")) == set(list_variants(zoo="torchvision"))
     assert {"resnet18_op_d2_bn", "resnet50_op_d4_res"} <= set(TIMM)
 
 
