@@ -152,9 +152,6 @@ class OverparamChain(nn.Module):
             self._cache = (key, weight, bias)
         return self._cache[1], self._cache[2]
 
-    def _needs_graph(self) -> bool:
-        return torch.is_grad_enabled() and any(t.requires_grad for t in self._state_tensors())
-
     def _weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         if torch.compiler.is_compiling():
             return self.effective_weight_and_bias()
@@ -188,10 +185,8 @@ class OverparamChain(nn.Module):
         plan = self.plan
         if plan.ndim == 0:
             return F.linear(x, weight, bias)
-        symmetric = all(left == right for left, right in plan.padding)
-        if plan.padding_mode == "zeros" and symmetric:
-            padding = tuple(left for left, _ in plan.padding)
-        else:
+        padding = plan.conv_padding
+        if padding is None:
             x, padding = self._pad(x), 0
         return _CONV_FUNCTIONS[plan.ndim](x, weight, bias, plan.stride, padding, plan.dilation, plan.groups)
 
@@ -208,8 +203,8 @@ class OverparamChain(nn.Module):
         if plan.ndim == 0:
             lead = x.shape[:-1]
             x = x.reshape(-1, x.shape[-1])
-        elif 0 not in plan.skip_sources and plan.padding_mode == "zeros" and all(a == b for a, b in plan.padding):
-            first_padding = tuple(a for a, _ in plan.padding)
+        elif 0 not in plan.skip_sources and plan.conv_padding is not None:
+            first_padding = plan.conv_padding
         else:
             x = self._pad(x)
         sources = plan.skip_sources

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["ChainPlan", "Skip", "make_plan", "PADDING_MODES"]
 
@@ -53,6 +53,17 @@ class ChainPlan:
     bias: bool
     batch_norm: bool
     skips: tuple[Skip, ...]
+    #: the padding to hand to the conv itself (symmetric zeros), or ``None`` when the input
+    #: must be padded explicitly first (another mode, or an asymmetric ``'same'``)
+    conv_padding: tuple[int, ...] | None = field(init=False)
+    #: nodes that some skip starts from
+    skip_sources: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # derived once here: forward reads them on every call, also under torch.compile
+        symmetric = self.padding_mode == "zeros" and all(left == right for left, right in self.padding)
+        object.__setattr__(self, "conv_padding", tuple(left for left, _ in self.padding) if symmetric else None)
+        object.__setattr__(self, "skip_sources", frozenset(s.source for s in self.skips))
 
     @property
     def depth(self) -> int:
@@ -81,10 +92,6 @@ class ChainPlan:
 
     def skips_into(self, node: int) -> tuple[Skip, ...]:
         return tuple(s for s in self.skips if s.target == node)
-
-    @property
-    def skip_sources(self) -> frozenset[int]:
-        return frozenset(s.source for s in self.skips)
 
 
 def _as_int(value: object) -> int | None:
