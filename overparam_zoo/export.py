@@ -155,6 +155,16 @@ def _write_config(stock: nn.Module, variant: Variant, path: Path, provenance: di
     return config
 
 
+def _usual_permissions(folder: Path) -> None:
+    """``mkdtemp`` makes a private (0700) folder; an export is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
     old = None
     if out_dir.exists():
@@ -220,6 +230,7 @@ def export_collapsed(
         extra: list[Path] = []
         for written in get_plugin_manager().hook.overparam_zoo_export(model=stock, out_dir=tmp, config=config):
             extra += [out_dir / Path(p).relative_to(tmp) for p in written or []]
+        _usual_permissions(tmp)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
