@@ -12,6 +12,7 @@ from .convert import (
     from_stock,
     overparameterize,
 )
+from .expand import expand_into_, expand_pretrained
 from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
 
@@ -30,4 +31,6 @@ __all__ = [
     "collapse",
     "collapsed_state_dict",
     "init_chain_",
+    "expand_into_",
+    "expand_pretrained",
 ]

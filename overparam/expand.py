@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .chain import OverparamChain
 
-__all__ = ["expand_into_"]
+__all__ = ["expand_into_", "expand_pretrained"]
 
 
 def _identity_skip_target(chain: OverparamChain, weight: Tensor) -> Tensor:
@@ -130,3 +130,42 @@ def expand_into_(chain: OverparamChain, weight: Tensor, bias: Tensor | None = No
                 chain.norms[-1].bias.copy_(bias)
         effective, _ = chain.effective_weight_and_bias()
         return float((effective - weight).norm() / weight.norm().clamp_min(1e-300))
+
+
+def expand_pretrained(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> dict[str, float]:
+    """Load a stock state dict into an op model: every chain gets its layer's weights expanded
+    into factors (:func:`expand_into_`), every other tensor is copied.
+
+    Args:
+        model: the over-parameterized model (chains at the stock layers' paths).
+        state_dict: a state dict of the unmodified architecture.
+
+    Returns:
+        Per chain path, the relative error of its expansion (0 up to rounding when exact).
+
+    Raises:
+        ValueError: naming the missing, unexpected or misshapen keys, before anything changes.
+    """
+    chains = {path: m for path, m in model.named_modules() if isinstance(m, OverparamChain)}
+    own = {k: v for k, v in model.state_dict().items() if not any(k.startswith(p + ".") for p in chains)}
+    for path, chain in chains.items():
+        own[f"{path}.weight"] = torch.empty(
+            chain.plan.out_channels, chain.plan.in_channels // chain.plan.groups, *chain.plan.kernel_size
+        )
+        if chain.plan.bias:
+            own[f"{path}.bias"] = torch.empty(chain.plan.out_channels)
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in own if k in state_dict and own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        raise ValueError(
+            "the state dict does not fit the stock architecture of this model: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {shapes[:3]}"
+        )
+    errors = {
+        path: expand_into_(chain, state_dict[f"{path}.weight"], state_dict.get(f"{path}.bias"))
+        for path, chain in chains.items()
+    }
+    rest = {k: v for k, v in state_dict.items() if not any(k == f"{p}.weight" or k == f"{p}.bias" for p in chains)}
+    model.load_state_dict(rest, strict=False)
+    return errors

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import create_model, get_variant
+from .registry import create_model, get_variant, torchvision_builder
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_model", "build_by_name", "looks_like_file"]
 
@@ -61,7 +61,6 @@ def build_by_name(name: str, **kwargs: Any) -> nn.Module:
         CheckpointError: for a name no zoo knows, or a build that fails.
     """
     import timm
-    import torchvision
 
     try:
         variant = get_variant(name)
@@ -72,8 +71,8 @@ def build_by_name(name: str, **kwargs: Any) -> nn.Module:
             return create_model(name, zoo=variant.zoo, **kwargs)
         if timm.is_model(name):
             return timm.create_model(name, **kwargs)
-        if name in torchvision.models.list_models():
-            return torchvision.models.get_model(name, **kwargs)
+        if torchvision_builder(name) is not None:
+            return torchvision_builder(name)(**kwargs)
     except Exception as err:
         raise CheckpointError(f"could not build {name!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
     raise CheckpointError(f"unknown model {name!r}: not an op variant, a timm or a torchvision model")
@@ -81,13 +80,12 @@ def build_by_name(name: str, **kwargs: Any) -> nn.Module:
 
 def _is_known(name: str) -> bool:
     import timm
-    import torchvision
 
     try:
         get_variant(name)
         return True
     except KeyError:
-        return timm.is_model(name) or name in torchvision.models.list_models()
+        return timm.is_model(name) or torchvision_builder(name) is not None
 
 
 def _architecture(path: Path, meta: dict[str, Any], model: str | None) -> str:

@@ -31,7 +31,7 @@ from torch import nn
 from .collapse import collapsed_state_dict
 from .plugins import get_plugin_manager
 from .recipe import Variant
-from .registry import get_variant
+from .registry import get_variant, torchvision_builder
 
 __all__ = [
     "ExportError",
@@ -80,9 +80,7 @@ def build_stock(variant: Variant, model_args: dict[str, Any]) -> nn.Module:
         import timm
 
         return timm.create_model(variant.base, **model_args)
-    import torchvision
-
-    return torchvision.models.get_model(variant.base, **model_args)
+    return torchvision_builder(variant.base)(**model_args)
 
 
 def _probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:

@@ -44,6 +44,17 @@ logger = logging.getLogger("overparam_zoo")
 _VARIANTS: dict[tuple[str, str], Variant] = {}
 
 
+def torchvision_builder(name: str) -> Any | None:
+    """torchvision's public builder function for a model name (``torchvision.models.resnet18``),
+    or ``None``. Used instead of torchvision's registry, whose internals may change."""
+    import torchvision.models
+
+    builder = getattr(torchvision.models, name, None)
+    module = getattr(builder, "__module__", "") or ""
+    is_builder = callable(builder) and not isinstance(builder, type) and not module.rsplit(".", 1)[-1].startswith("_")
+    return builder if is_builder and module.startswith("torchvision.models.") else None
+
+
 def converters() -> dict[type[nn.Module], Any]:
     """Layer converters contributed by every plugin (later plugins cannot override earlier)."""
     merged: dict[type[nn.Module], Any] = {}
@@ -133,9 +144,7 @@ def _timm_builder(variant: Variant):
 
 def _torchvision_builder(variant: Variant):
     def build(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> nn.Module:
-        import torchvision
-
-        model = torchvision.models.get_model(variant.base, weights=weights, progress=progress, **kwargs)
+        model = torchvision_builder(variant.base)(weights=weights, progress=progress, **kwargs)
         apply_variant(model, variant, init="expand" if weights is not None else "match")
         model.overparam_zoo = {"variant": variant.name, "zoo": "torchvision", "model_args": kwargs}
         return model
@@ -196,10 +205,10 @@ def _check_bases(recipe: Recipe) -> None:
 
         known = timm.is_model
     else:
-        import torchvision
 
-        names = set(torchvision.models.list_models())
-        known = names.__contains__
+        def known(name: str) -> bool:
+            return torchvision_builder(name) is not None
+
     for i, base in enumerate(recipe.bases):
         if not known(base):
             raise RecipeError(recipe.path, f"bases[{i}]", f"{base!r} is not a {recipe.zoo} model")
@@ -285,9 +294,7 @@ def check_variant(variant: Variant) -> None:
 
             model = timm.create_model(variant.base)
         else:
-            import torchvision
-
-            model = torchvision.models.get_model(variant.base)
+            model = torchvision_builder(variant.base)()
     layers = [(path, type(m).__name__) for path, m in model.named_modules() if path]
     for rule in variant.recipe.rules:
         if not any(rule.matches(path, type_name) for path, type_name in layers):

@@ -170,3 +170,34 @@ def test_reimport_registers_nothing_twice():
         warnings.simplefilter("error")
         importlib.reload(overparam_zoo)
     assert timm.list_models("*_op_*") == before
+
+
+def test_collision_with_a_native_model_is_refused_with_a_warning(tmp_path):
+    from timm.models import register_model
+
+    from overparam_zoo import load_recipe, register_recipe
+
+    def resnet18_op_d7(pretrained=False, **kwargs):  # a "native" timm model with a variant's name
+        return timm.create_model("resnet18", **kwargs)
+
+    register_model(resnet18_op_d7)
+    path = tmp_path / "clash.yaml"
+    path.write_text("zoo: timm\nbases: [resnet18]\nvariants: [{depth: 7}]\nlayers: [{match: '*'}]\n")
+    with pytest.warns(UserWarning, match="resnet18_op_d7 is already a timm model"):
+        assert register_recipe(load_recipe(path)) == []
+    assert not any(isinstance(m, OverparamChain) for m in timm.create_model("resnet18_op_d7").modules())
+
+
+def test_changed_torchvision_registry_api_gives_a_clear_warning(tmp_path, monkeypatch):
+    from torchvision.models import _api
+
+    from overparam_zoo import load_recipe, register_recipe
+
+    monkeypatch.delattr(_api, "BUILTIN_MODELS")
+    path = tmp_path / "tv.yaml"
+    path.write_text("zoo: torchvision\nbases: [alexnet]\nvariants: [{depth: 5}]\nlayers: [{match: '*'}]\n")
+    recipe = load_recipe(path)
+    with pytest.warns(UserWarning, match="torchvision's model registry API is not as expected"):
+        assert register_recipe(recipe) == []
+    model = create_model("alexnet_op_d5", zoo="torchvision", num_classes=2)
+    assert model.features[0].depth == 5
