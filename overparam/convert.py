@@ -17,6 +17,7 @@ from .expand import expand_into_
 from .fold import find_following_batch_norms, needs_bias_fold
 from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
+from .plan import SkipError
 
 __all__ = [
     "STOCK_LAYERS",
@@ -35,6 +36,11 @@ STOCK_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn
 _CHAIN_FOR = {nn.Conv1d: OverparamConv1d, nn.Conv2d: OverparamConv2d, nn.Conv3d: OverparamConv3d}
 
 Init = Literal["match", "default", "expand"]
+
+# reasons for layers the caller chose to leave stock (not warned about)
+NOT_INCLUDED = "not matched by include"
+EXCLUDED = "matched by exclude"
+LEFT_BY_RULES = "left stock by the layer rules"
 Converter = Callable[..., nn.Module]
 
 
@@ -211,16 +217,16 @@ def convert_model(
             continue
         label = path or "<root>"
         if include is not None and not _matches(path, include):
-            report.skipped[label] = "not matched by include"
+            report.skipped[label] = NOT_INCLUDED
             continue
         if _matches(path, exclude):
-            report.skipped[label] = "matched by exclude"
+            report.skipped[label] = EXCLUDED
             continue
         options: dict[str, Any] = dict(defaults)
         if options_for is not None:
             chosen = options_for(path, module)
             if chosen is None:
-                report.skipped[label] = "left stock by the layer rules"
+                report.skipped[label] = LEFT_BY_RULES
                 continue
             options.update(chosen)
         kind = type(module)
@@ -238,9 +244,7 @@ def convert_model(
         try:
             try:
                 new = convert(module, init=layer_init, **options)
-            except ValueError as err:
-                if not options.get("residual") or "residual_intervals" not in str(err):
-                    raise
+            except SkipError as err:
                 new = convert(module, init=layer_init, **{**options, "residual": False})
                 report.notes[label] = f"converted without residual: {err}"
         except NotImplementedError as err:
@@ -297,7 +301,8 @@ def overparameterize(
         converters=converters,
         init=init,
     )
-    unconvertible = {p: why for p, why in report.skipped.items() if "include" not in why and "exclude" not in why}
+    chosen = (NOT_INCLUDED, EXCLUDED, LEFT_BY_RULES)
+    unconvertible = {p: why for p, why in report.skipped.items() if why not in chosen}
     if unconvertible:
         listing = "; ".join(f"{p} ({why})" for p, why in unconvertible.items())
         warnings.warn(f"overparameterize left {len(unconvertible)} layers stock: {listing}", stacklevel=2)

@@ -136,7 +136,7 @@ class _OverparamConvNd(OverparamChain):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"kernel_sizes={factors}, stride={self.stride}"
         )
-        if any(self.padding) if not isinstance(self.padding, str) else True:
+        if isinstance(self.padding, str) or any(self.padding):
             s += f", padding={self.padding}"
         if any(d != 1 for d in self.dilation):
             s += f", dilation={self.dilation}"

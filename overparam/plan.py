@@ -13,9 +13,13 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ChainPlan", "Skip", "make_plan", "PADDING_MODES"]
+__all__ = ["ChainPlan", "Skip", "SkipError", "make_plan", "PADDING_MODES"]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class SkipError(ValueError):
+    """An identity skip the chain's shape cannot carry exactly (unequal channels, odd growth)."""
 
 
 @dataclass(frozen=True)
@@ -265,7 +269,7 @@ def make_plan(
                     pairs.append((target - n, target))
         for source, target in sorted(pairs, key=lambda p: (p[1], p[0])):
             if channels[source] != channels[target]:
-                raise ValueError(
+                raise SkipError(
                     f"residual_intervals={residual_intervals!r}: a skip from node {source} "
                     f"({channels[source]} channels) to node {target} ({channels[target]} "
                     f"channels) needs equal channel counts (in_channels={in_channels}, hidden="
@@ -273,7 +277,7 @@ def make_plan(
                 )
             growth = tuple(b - a for a, b in zip(node_kernels[source], node_kernels[target]))
             if any(g % 2 for g in growth):
-                raise ValueError(
+                raise SkipError(
                     f"residual_intervals={residual_intervals!r}: a skip from node {source} to "
                     f"node {target} spans a receptive-field growth of {growth} taps; it must be "
                     f"even in every dim to centre the identity (use odd kernel sizes)"

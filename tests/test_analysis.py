@@ -171,7 +171,7 @@ def test_embedding_effective_rank_centering():
 
 
 def test_analysis_depends_on_torch_only():
-    code = "import sys, overparam.analysis; print(sorted({'timm', 'torchvision', 'overparam_zoo'} & set(sys.modules)))"
+    code = "import sys, overparam, overparam.analysis, overparam.utils; print(sorted({'timm', 'torchvision', 'overparam_zoo'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
