@@ -102,6 +102,14 @@ def _reload_in_fresh_process(export_dir: Path, x: torch.Tensor, work: Path) -> t
     return torch.load(work / "y.pt")
 
 
+def _is_previous_export(folder: Path) -> bool:
+    config = folder / "config.json"
+    try:
+        return "overparam_zoo" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def run_demo(
     model_name: str = "resnet18_op_d2",
     *,
@@ -119,7 +127,7 @@ def run_demo(
         out: folder for the export (``<out>/<model_name>``).
         seed: seed for the split, the initialisation and the batches.
         size: input size the 8x8 digits are resized to.
-        force: replace an existing export.
+        force: replace an existing folder (a previous export of the demo is always replaced).
     """
     import timm
 
@@ -129,6 +137,7 @@ def run_demo(
     start = time.perf_counter()
     variant = get_variant(model_name, "timm")
     export_dir = Path(out) / model_name
+    force = force or _is_previous_export(export_dir)  # rerunning the demo replaces its own export
     check_out_dir(export_dir, force)  # before training, not after
     x_train, y_train, x_test, y_test = load_digits_split(seed, size)
     models = {}

@@ -16,6 +16,8 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "resnet18_op_d2" / "model.safetensors").is_file()
     assert [r["model"] for r in result.rows] == ["resnet18", "resnet18_op_d2", "resnet18 from export"]
     assert result.rows[1]["test accuracy"] == result.rows[2]["test accuracy"]
+    again = run_demo("resnet18_op_d2", epochs=1, out=tmp_path, size=16)  # replaces its own export
+    assert again.predictions_match
 
 
 def test_demo_cli_refuses_an_existing_export(tmp_path, capsys):

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="overparam-demo", help="export folder parent (default: ./overparam-demo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=32, help="input size the 8x8 digits are resized to")
-    parser.add_argument("--force", action="store_true", help="replace an existing export")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing folder that is not a previous demo export"
+    )
     parser.set_defaults(func=run)
 
 
