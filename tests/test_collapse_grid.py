@@ -50,32 +50,27 @@ def check(layer_factory, residual, intervals, kernels, width, channels, inputs):
     return worst
 
 
+def worst_over_grid(build, kernels, channels, inputs, strides=(1,)):
+    """Worst float64 error over batch_norm x residual intervals x bias x width (x stride)."""
+    worst = 0.0
+    for bn, (residual, intervals), bias, width, stride in itertools.product(
+        [False, True], RESIDUAL, [False, True], WIDTHS, strides
+    ):
+        options = dict(width=width, bias=bias, batch_norm=bn, residual=residual, residual_intervals=intervals)
+        err = check(lambda: build(stride, **options), residual, intervals, kernels, width, channels, inputs)
+        if err is not None:
+            worst = max(worst, err)
+    return worst
+
+
 @pytest.mark.parametrize("depth", [1, 2, 4, 8, 16])
 def test_linear_grid(depth):
     x = torch.randn(3, 5, 6, dtype=torch.float64)
-    worst = 0.0
-    for bn, (residual, intervals), bias, width in itertools.product([False, True], RESIDUAL, [False, True], WIDTHS):
-        err = check(
-            lambda: OverparamLinear(
-                6,
-                6,
-                width=width,
-                depth=depth,
-                bias=bias,
-                batch_norm=bn,
-                residual=residual,
-                residual_intervals=intervals,
-            ),
-            residual,
-            intervals,
-            [1] * depth,
-            width,
-            6,
-            [x],
-        )
-        if err is not None:
-            worst = max(worst, err)
-    assert worst < TOL
+
+    def build(_stride, **options):
+        return OverparamLinear(6, 6, depth=depth, **options)
+
+    assert worst_over_grid(build, [1] * depth, 6, [x]) < TOL
 
 
 KERNELS = [(k, d) for k in (1, 5) for d in (1, 2, 4, 8, 16)] + [
@@ -95,34 +90,11 @@ def test_conv2d_grid(kernel_sizes, depth):
     effective = sum(kernels) - len(kernels) + 1
     padding = effective // 2
     inputs = [torch.randn(2, 4, n, n, dtype=torch.float64) for n in (8, 9)]
-    worst = 0.0
-    for bn, (residual, intervals), bias, width, stride in itertools.product(
-        [False, True], RESIDUAL, [False, True], WIDTHS, [1, 2]
-    ):
-        err = check(
-            lambda: OverparamConv2d(
-                4,
-                4,
-                kernel_sizes=kernel_sizes,
-                depth=depth,
-                stride=stride,
-                padding=padding,
-                width=width,
-                bias=bias,
-                batch_norm=bn,
-                residual=residual,
-                residual_intervals=intervals,
-            ),
-            residual,
-            intervals,
-            kernels,
-            width,
-            4,
-            inputs,
-        )
-        if err is not None:
-            worst = max(worst, err)
-    assert worst < TOL
+
+    def build(stride, **options):
+        return OverparamConv2d(4, 4, kernel_sizes=kernel_sizes, depth=depth, stride=stride, padding=padding, **options)
+
+    assert worst_over_grid(build, kernels, 4, inputs, strides=(1, 2)) < TOL
 
 
 def test_grid_oracle_agrees_with_plan():
