@@ -155,7 +155,12 @@ def _factor_kernels(
 
 
 def _intervals(residual_intervals: int | Sequence[int], depth: int) -> list[int]:
-    raw = [residual_intervals] if _as_int(residual_intervals) is not None else list(residual_intervals)  # type: ignore[arg-type]
+    if _as_int(residual_intervals) is not None:
+        raw = [residual_intervals]
+    elif isinstance(residual_intervals, Sequence) and not isinstance(residual_intervals, str):
+        raw = list(residual_intervals)
+    else:
+        raw = [None]  # reported below
     out: list[int] = []
     for n in raw:
         n = _as_int(n)  # type: ignore[assignment]

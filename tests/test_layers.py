@@ -125,6 +125,8 @@ def test_float32_relative_agreement():
         (dict(in_channels=4, out_channels=4, kernel_sizes=[(3, 3, 3)]), r"kernel_sizes\[0\]"),
         (dict(in_channels=4, out_channels=4, stride=0), "stride must be >= 1"),
         (dict(in_channels=4, out_channels=4, residual=True, residual_intervals=0), "residual_intervals entries"),
+        (dict(in_channels=4, out_channels=4, residual=True, residual_intervals=2.0), "residual_intervals entries"),
+        (dict(in_channels=4, out_channels=4, residual=True, residual_intervals="2"), "residual_intervals entries"),
         (dict(in_channels=0, out_channels=4), "in_channels must be an int >= 1"),
     ],
 )
