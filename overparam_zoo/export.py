@@ -83,7 +83,8 @@ def build_stock(variant: Variant, model_args: dict[str, Any]) -> nn.Module:
     return torchvision_builder(variant.base)(**model_args)
 
 
-def _probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
+def probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
+    """The input size (without batch) the collapse is checked on: the model's own input size."""
     if variant.zoo == "timm":
         try:
             from timm.models._hub import get_model_input_config
@@ -95,15 +96,22 @@ def _probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
     return (first.in_channels, 224, 224) if isinstance(first, nn.Conv2d) else (first.in_features,)
 
 
-def _max_collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], shape: tuple[int, ...]) -> float:
-    """Max relative output difference between the op model and its collapse, both in float64."""
-    op = copy.deepcopy(model).double().eval()
-    ref = build_stock(variant, args).double().eval()
-    ref.load_state_dict(collapsed_state_dict(op), strict=True)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    with torch.no_grad():
-        a, b = op(x), ref(x)
+def probe_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A seeded batch of two, so every check of the same model sees the same input."""
+    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute difference, relative to the largest magnitude of ``b``."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
+    """Output difference between ``model`` (eval, in ``x``'s dtype) and its collapsed stock model."""
+    stock = build_stock(variant, args).to(x.dtype).eval()
+    stock.load_state_dict(collapsed_state_dict(model), strict=True)
+    with torch.no_grad():
+        return relative_difference(stock(x), model(x))
 
 
 def _versions() -> dict[str, str]:
@@ -217,8 +225,8 @@ def export_collapsed(
         first = str(err).strip().splitlines()
         raise ExportError(f"collapsed weights do not fit {found.zoo} {found.base}: {' '.join(first[1:3])}") from err
     step("measuring the collapse error (float64)")
-    shape = _probe_shape(stock, found)
-    error = _max_collapse_error(model, found, args, shape)
+    shape = probe_shape(stock, found)
+    error = collapse_error(copy.deepcopy(model).double().eval(), found, args, probe_input(shape, torch.float64))
     step(f"writing {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

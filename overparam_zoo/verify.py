@@ -11,8 +11,7 @@ from torch import nn
 
 from overparam import OverparamChain
 
-from .collapse import collapsed_state_dict
-from .export import _probe_shape, build_stock
+from .export import build_stock, collapse_error, probe_input, probe_shape, relative_difference
 from .recipe import Variant
 
 __all__ = ["LayerCheck", "VerifyReport", "verify_collapse"]
@@ -36,30 +35,18 @@ class VerifyReport:
         return max((c.error for c in self.layers), default=0.0)
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-def _model_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
-    stock = build_stock(variant, args).to(x.dtype).eval()
-    stock.load_state_dict(collapsed_state_dict(model), strict=True)
-    with torch.no_grad():
-        return _relative(stock(x), model(x))
-
-
 def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, Any]) -> VerifyReport:
     """Compare, on a seeded probe input of the model's input size: each chain's collapsed
     forward with its expanded forward on the input it really sees, and the whole op model
     with its collapsed stock model (float64 and float32)."""
     op = copy.deepcopy(model).double().eval()
-    shape = _probe_shape(build_stock(variant, model_args), variant)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = probe_input(probe_shape(build_stock(variant, model_args), variant), torch.float64)
     checks: list[LayerCheck] = []
 
     def hook(path: str):
         def check(module: OverparamChain, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             checks.append(
-                LayerCheck(path, type(module).__name__, _relative(output, module.expanded_forward(inputs[0])))
+                LayerCheck(path, type(module).__name__, relative_difference(output, module.expanded_forward(inputs[0])))
             )
 
         return check
@@ -73,5 +60,5 @@ def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, An
             h.remove()
     op32 = copy.deepcopy(model).float().eval()
     return VerifyReport(
-        checks, _model_error(op, variant, model_args, x), _model_error(op32, variant, model_args, x.float())
+        checks, collapse_error(op, variant, model_args, x), collapse_error(op32, variant, model_args, x.float())
     )
