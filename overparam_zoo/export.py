@@ -40,6 +40,10 @@ __all__ = [
     "build_stock",
     "variant_of",
     "check_out_dir",
+    "collapse_error",
+    "probe_input",
+    "probe_shape",
+    "relative_difference",
     "PROVENANCE_KEY",
 ]
 
