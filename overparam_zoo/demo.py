@@ -132,7 +132,7 @@ def run_demo(
     import timm
 
     from .export import check_out_dir, export_collapsed
-    from .registry import get_variant
+    from .registry import build_base, get_variant
 
     start = time.perf_counter()
     variant = get_variant(model_name, "timm")
@@ -151,7 +151,7 @@ def run_demo(
     op_logits = _logits(models["op"], x_test)
     with tempfile.TemporaryDirectory() as work:
         reloaded = _reload_in_fresh_process(export_dir, x_test, Path(work))
-    exported_params = sum(p.numel() for p in timm.create_model(variant.base, in_chans=1, num_classes=10).parameters())
+    exported_params = sum(p.numel() for p in build_base(variant, in_chans=1, num_classes=10).parameters())
     rows = []
     for label, name in (("stock", variant.base), ("op", model_name)):
         accuracy = (_logits(models[label], x_test).argmax(1) == y_test).float().mean().item()

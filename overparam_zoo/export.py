@@ -31,13 +31,12 @@ from torch import nn
 from .collapse import collapsed_state_dict
 from .plugins import get_plugin_manager
 from .recipe import Variant
-from .registry import get_variant, torchvision_builder
+from .registry import build_base, get_variant
 
 __all__ = [
     "ExportError",
     "ExportResult",
     "export_collapsed",
-    "build_stock",
     "variant_of",
     "check_out_dir",
     "collapse_error",
@@ -78,15 +77,6 @@ def variant_of(model: nn.Module) -> tuple[Variant, dict[str, Any]]:
     return get_variant(info["variant"], info["zoo"]), dict(info.get("model_args", {}))
 
 
-def build_stock(variant: Variant, model_args: dict[str, Any]) -> nn.Module:
-    """The unmodified base architecture, built with the op model's kwargs."""
-    if variant.zoo == "timm":
-        import timm
-
-        return timm.create_model(variant.base, **model_args)
-    return torchvision_builder(variant.base)(**model_args)
-
-
 def probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
     """The input size (without batch) the collapse is checked on: the model's own input size."""
     if variant.zoo == "timm":
@@ -112,7 +102,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
     """Output difference between ``model`` (eval, in ``x``'s dtype) and its collapsed stock model."""
-    stock = build_stock(variant, args).to(x.dtype).eval()
+    stock = build_base(variant, **args).to(x.dtype).eval()
     stock.load_state_dict(collapsed_state_dict(model), strict=True)
     with torch.no_grad():
         return relative_difference(stock(x), model(x))
@@ -222,7 +212,7 @@ def export_collapsed(
     step("collapsing")
     state = {k: v.detach().contiguous().clone() for k, v in collapsed_state_dict(model).items()}
     step(f"loading into {found.base}")
-    stock = build_stock(found, args).eval()
+    stock = build_base(found, **args).eval()
     try:
         stock.load_state_dict(state, strict=True)
     except RuntimeError as err:

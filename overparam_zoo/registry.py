@@ -37,6 +37,8 @@ __all__ = [
     "apply_variant",
     "check_variant",
     "converters",
+    "build_base",
+    "torchvision_builder",
 ]
 
 logger = logging.getLogger("overparam_zoo")
@@ -53,6 +55,15 @@ def torchvision_builder(name: str) -> Any | None:
     module = getattr(builder, "__module__", "") or ""
     is_builder = callable(builder) and not isinstance(builder, type) and not module.rsplit(".", 1)[-1].startswith("_")
     return builder if is_builder and module.startswith("torchvision.models.") else None
+
+
+def build_base(variant: Variant, **kwargs: Any) -> nn.Module:
+    """The unmodified base architecture of ``variant``, built with ``kwargs``."""
+    if variant.zoo == "timm":
+        import timm
+
+        return timm.create_model(variant.base, **kwargs)
+    return torchvision_builder(variant.base)(**kwargs)
 
 
 def converters() -> dict[type[nn.Module], Any]:
@@ -289,12 +300,7 @@ def check_variant(variant: Variant) -> None:
         RecipeError: naming the rule that matches nothing in the base model.
     """
     with torch.device("meta"):
-        if variant.zoo == "timm":
-            import timm
-
-            model = timm.create_model(variant.base)
-        else:
-            model = torchvision_builder(variant.base)()
+        model = build_base(variant)
     layers = [(path, type(m).__name__) for path, m in model.named_modules() if path]
     for rule in variant.recipe.rules:
         if not any(rule.matches(path, type_name) for path, type_name in layers):

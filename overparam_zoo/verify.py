@@ -11,8 +11,9 @@ from torch import nn
 
 from overparam import OverparamChain
 
-from .export import build_stock, collapse_error, probe_input, probe_shape, relative_difference
+from .export import collapse_error, probe_input, probe_shape, relative_difference
 from .recipe import Variant
+from .registry import build_base
 
 __all__ = ["LayerCheck", "VerifyReport", "verify_collapse"]
 
@@ -40,7 +41,7 @@ def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, An
     forward with its expanded forward on the input it really sees, and the whole op model
     with its collapsed stock model (float64 and float32)."""
     op = copy.deepcopy(model).double().eval()
-    x = probe_input(probe_shape(build_stock(variant, model_args), variant), torch.float64)
+    x = probe_input(probe_shape(build_base(variant, **model_args), variant), torch.float64)
     checks: list[LayerCheck] = []
 
     def hook(path: str):

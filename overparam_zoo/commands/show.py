@@ -57,20 +57,14 @@ def layer_plan(model: nn.Module, report) -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import timm
-    import torchvision
-
-    from overparam_zoo.registry import apply_variant, get_variant
+    from overparam_zoo.registry import apply_variant, build_base, get_variant
 
     try:
         variant = get_variant(args.name, args.zoo)
     except KeyError as err:
         print(f"overparam-zoo show: {err.args[0]}")
         return 2
-    if variant.zoo == "timm":
-        model = timm.create_model(variant.base)
-    else:
-        model = torchvision.models.get_model(variant.base)
+    model = build_base(variant)
     report = apply_variant(model, variant)
     rows = layer_plan(model, report)
     widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
