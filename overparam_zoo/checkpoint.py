@@ -16,13 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .registry import create_model, get_variant, torchvision_builder
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_model", "build_by_name", "looks_like_file"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message is one line that says why."""
 
 
 def _metadata(path: Path) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The ``overparam-zoo`` command line: one subcommand per module in ``overparam_zoo.commands``.
 
 Each command module defines ``register(subparsers)``, which adds its parser and sets
-``func=run`` where ``run(args) -> int`` returns the exit code.
+``func=run`` where ``run(args) -> int`` returns the exit code. Commands raise
+:class:`~overparam_zoo.errors.OverparamZooError` for bad input; it is printed here, once, as
+``overparam-zoo <command>: error: <message>`` on stderr with exit status 1 (argparse's usage
+errors keep status 2). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from .errors import OverparamZooError
+
+    try:
+        return int(args.func(args) or 0)
+    except OverparamZooError as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .collapse import collapsed_state_dict
+from .errors import ExportError
 from .plugins import get_plugin_manager
 from .recipe import Variant
 from .registry import build_base, get_variant
@@ -49,10 +50,6 @@ __all__ = [
 PROVENANCE_KEY = "overparam_zoo"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be done; the message is one line that says why."""
 
 
 @dataclass

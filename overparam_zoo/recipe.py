@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from .errors import RecipeError
+
 __all__ = ["Recipe", "RecipeError", "LayerRule", "Variant", "load_recipe", "ZOOS"]
 
 ZOOS = ("timm", "torchvision")
@@ -37,14 +39,6 @@ _CHAIN_KEYS = ("depth", "width", "batch_norm", "residual", "residual_intervals")
 _VARIANT_KEYS = _CHAIN_KEYS + ("tag",)
 _RULE_KEYS = ("match", "types", "skip", "kernel_sizes") + _CHAIN_KEYS
 _TAG = re.compile(r"^[a-z0-9]+$")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the file, the key and what was expected."""
-
-    def __init__(self, path: Path | str, key: str, problem: str) -> None:
-        super().__init__(f"{path}: {key}: {problem}")
-        self.path, self.key = str(path), key
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from overparam import OverparamChain, convert_model
 from overparam.convert import ConversionReport, LayerConversionError
 
 from . import op_models
+from .errors import UnknownModelError
 from .plugins import get_plugin_manager
 from .recipe import Recipe, RecipeError, Variant, load_recipe
 
@@ -281,7 +282,7 @@ def get_variant(name: str, zoo: str | None = None) -> Variant:
             return _VARIANTS[(z, name)]
     close = [n for n in list_variants() if n.split("_op_")[0] == name.split("_op_")[0]][:5]
     hint = f"; variants of that base: {', '.join(close)}" if close else "; see `overparam-zoo list`"
-    raise KeyError(f"unknown op variant {name!r}{hint}")
+    raise UnknownModelError(f"unknown op variant {name!r}{hint}")
 
 
 def create_model(name: str, zoo: str | None = None, **kwargs: Any) -> nn.Module:

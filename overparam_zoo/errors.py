@@ -1,0 +1,58 @@
+"""The errors ``overparam_zoo`` raises for bad input: one base, one subclass per kind of input.
+
+Every message is one line that names what was wrong and what was expected, so the CLI prints
+it as ``overparam-zoo <command>: error: <message>`` and exits 1 (see :mod:`overparam_zoo.cli`).
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "OverparamZooError",
+    "UnknownModelError",
+    "RecipeError",
+    "CheckpointError",
+    "ExportError",
+    "PublishError",
+    "DataError",
+]
+
+
+class OverparamZooError(Exception):
+    """Base of every user-facing error of ``overparam_zoo``; the message is one line."""
+
+
+class UnknownModelError(OverparamZooError, KeyError):
+    """A name that is neither a registered op variant nor a timm or torchvision model.
+
+    A ``KeyError`` too, as a registry lookup should be, but printed without ``KeyError``'s quotes.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RecipeError(OverparamZooError, ValueError):
+    """A recipe that cannot be used; the message names the file, the key and what was expected."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path, self.key = str(path), key
+
+
+class CheckpointError(OverparamZooError):
+    """A checkpoint that cannot be read, or whose weights do not fit the model it names."""
+
+
+class ExportError(OverparamZooError):
+    """An export that cannot be done (occupied folder, weights that do not fit the base)."""
+
+
+class PublishError(OverparamZooError):
+    """An export folder that cannot be published (invalid folder, no hub, no token)."""
+
+
+class DataError(OverparamZooError):
+    """A dataset that cannot be used (missing folder, missing optional dependency)."""
