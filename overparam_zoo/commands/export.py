@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["register", "run"]
 
@@ -27,27 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from overparam_zoo.checkpoint import CheckpointError, load_model
-    from overparam_zoo.export import ExportError, check_out_dir, export_collapsed
+    from overparam_zoo.export import check_out_dir, export_collapsed
+    from overparam_zoo.loading import load_model
 
-    bar = tqdm(total=5, desc="export", file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} {postfix}")
+    check_out_dir(Path(args.out), args.force)
+    with tqdm(total=5, desc="export", file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} {postfix}") as bar:
 
-    def step(message: str) -> None:
-        bar.set_postfix_str(message)
-        bar.update(1)
+        def step(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
 
-    try:
-        from pathlib import Path
-
-        check_out_dir(Path(args.out), args.force)
         step("reading checkpoint")
         model, name = load_model(args.checkpoint, model=args.model, use_ema=not args.no_ema)
         result = export_collapsed(model, args.out, force=args.force, progress=step)
-    except (CheckpointError, ExportError, ValueError) as err:
-        bar.close()
-        print(f"overparam-zoo export: error: {err}", file=sys.stderr)
-        return 1
-    bar.close()
     print(
         f"exported {name} as {result.config['architecture']} to {result.out_dir} "
         f"(max collapse error {result.max_collapse_error:.1e} in float64)"
