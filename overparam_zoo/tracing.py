@@ -17,9 +17,9 @@ def register_with_timm_fx() -> None:
     treat every chain class as a leaf."""
     from timm.layers import register_notrace_module
 
-    from .converters import OverparamConv2dSame, OverparamTimmLinear
+    from .converters import TIMM_CHAIN_CLASSES
 
-    for cls in (*_CHAIN_CLASSES, OverparamConv2dSame, OverparamTimmLinear):
+    for cls in (*_CHAIN_CLASSES, *TIMM_CHAIN_CLASSES):
         register_notrace_module(cls)
 
 
