@@ -42,6 +42,10 @@ class OverparamChain(nn.Module):
     #: effective weight non-linearly, see :meth:`_transform_weight`): such a chain trains
     #: composed only and refuses options that need the expanded path (batch norm)
     composed_only: ClassVar[str | None] = None
+    #: state-dict key prefixes (relative to the chain) of the tensors that collapse into the
+    #: stock weight and bias; any other tensor of a chain (a ScaledStdConv2d's gain) is the
+    #: stock layer's own and is kept as it is by collapse and expansion
+    COLLAPSED_PREFIXES: ClassVar[tuple[str, ...]] = ("factors.", "norms.")
 
     def __init__(self, plan: ChainPlan, *, device=None, dtype=None) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame
 from timm.layers.padding import pad_same
 from torch import nn
 
-from overparam import OverparamConv2d, collapse, collapsed_state_dict, convert_model
+from overparam import OverparamConv2d, collapse, collapsed_state_dict, convert_model, expand_pretrained
 from overparam.convert import LayerConversionError
 from overparam_zoo.converters import (
     OverparamConv2dSame,
@@ -223,3 +223,16 @@ def test_std_conv_model_trains_composed():
     assert all(isinstance(m, OverparamStdConv2d) and m.train_path == "composed" for m in model[::2])
     model.train()(torch.randn(1, 3, 9, 9)).sum().backward()
     assert all(f.weight.grad is not None for f in model[0].factors)
+
+
+def test_pretrained_standardised_convs_expand_exactly_with_their_gain():
+    stock = nn.Sequential(_stock(ScaledStdConv2d, stride=2), nn.ReLU(), StdConv2dSame(6, 6, 4, bias=True).to(F64))
+    op = copy.deepcopy(stock)
+    convert_model(op, depth=3, converters=converters())
+    errors = expand_pretrained(op, stock.state_dict())
+    assert max(errors.values()) < 1e-12
+    assert torch.equal(op[0].gain, stock[0].gain)
+    x = torch.randn(2, 4, 9, 8, dtype=F64)
+    with torch.no_grad():
+        assert relative_error(op.train()(x), stock(x)) < 1e-10
+        assert relative_error(op.eval()(x), stock(x)) < 1e-10
