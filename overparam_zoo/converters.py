@@ -27,7 +27,6 @@ __all__ = [
     "OverparamStdConv2dSame",
     "OverparamScaledStdConv2d",
     "OverparamScaledStdConv2dSame",
-    "TIMM_CHAIN_CLASSES",
     "TIMM_CONVERTERS",
 ]
 
@@ -218,14 +217,6 @@ _STANDARDISED_CHAINS: dict[type[nn.Module], type[OverparamConv2d]] = {
     ScaledStdConv2d: OverparamScaledStdConv2d,
     ScaledStdConv2dSame: OverparamScaledStdConv2dSame,
 }
-
-#: every chain class the converters build (torch.fx leaves, like the core chain classes)
-TIMM_CHAIN_CLASSES: tuple[type[OverparamChain], ...] = (
-    OverparamTimmLinear,
-    OverparamConv2dSame,
-    *_STANDARDISED_CHAINS.values(),
-)
-
 
 def convert_timm_linear(module: nn.Module, **options: Any) -> nn.Module:
     """``timm.layers.Linear`` as a chain that fuses back to it."""
