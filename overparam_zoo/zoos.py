@@ -82,7 +82,7 @@ class TimmZoo(Zoo):
     def list_models(self) -> list[str]:
         import timm
 
-        return [n for n in timm.list_models() if n not in op_models.default_cfgs]
+        return [n for n in timm.list_models() if n not in op_models.__all__]  # our variants are not bases
 
     def build(self, name: str, **kwargs: Any) -> nn.Module:
         import timm

@@ -34,6 +34,7 @@ def test_list_and_show(capsys):
     out = capsys.readouterr().out
     assert "resnet18_op_d2_bn" in out and "resnet34" not in out
     assert main(["list", "nothing*"]) == 1
+    assert capsys.readouterr().out == "no variants match\n"
     assert main(["list", "--base", "efficientnet_b[23]", "--zoo", "timm"]) == 0
     out = capsys.readouterr().out
     assert out.split() and {line.split()[0] for line in out.splitlines()} == {
