@@ -7,6 +7,11 @@ versions, the float64 collapse error on a probe input) sits at the top level of 
 where timm ignores it. Torchvision variants get the same two files; their state dict loads
 with ``strict=True`` into ``torchvision.models.<base>(num_classes=N)``.
 
+Its ``pretrained_cfg`` describes the weights in the folder, not the base's pretrained weights:
+preprocessing from the training run (:mod:`overparam_zoo.data_config`), the class count and
+label names, no inherited tag, paper, license or hub ids. A ``README.md`` model card
+(:mod:`overparam_zoo.model_card`) travels with it.
+
 Writes are atomic: everything goes to a temporary folder beside ``out_dir`` that is renamed
 into place at the end, so a failed export leaves nothing half-written.
 """
@@ -29,7 +34,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .collapse import collapsed_state_dict
+from .data_config import exported_label_names, exported_pretrained_cfg
 from .errors import ExportError
+from .metadata import ExportMetadata
+from .model_card import CARD_NAME, render_model_card
 from .plugins import get_plugin_manager
 from .recipe import Variant
 from .registry import build_base, get_variant
@@ -135,17 +143,25 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
         raise ExportError(f"{out_dir} exists and is not empty; use force=True (--force) to replace it")
 
 
-def _write_config(stock: nn.Module, variant: Variant, path: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+def _write_config(
+    stock: nn.Module, variant: Variant, path: Path, provenance: dict[str, Any], metadata: ExportMetadata | None
+) -> dict[str, Any]:
     if variant.zoo == "timm":
         from timm.models._hub import save_config_for_hf
 
-        save_config_for_hf(stock, str(path), model_config={PROVENANCE_KEY: provenance})
+        stock.pretrained_cfg = exported_pretrained_cfg(stock, metadata)  # save_config_for_hf writes it
+        labels = exported_label_names(stock.num_classes, metadata)
+        model_config = {PROVENANCE_KEY: provenance, **({"label_names": list(labels)} if labels else {})}
+        save_config_for_hf(stock, str(path), model_config=model_config)
         return json.loads(path.read_text())
     classifier = [m for m in stock.modules() if isinstance(m, nn.Linear)][-1]
+    labels = exported_label_names(classifier.out_features, metadata)
     config = {
         "architecture": variant.base,
         "zoo": "torchvision",
         "num_classes": classifier.out_features,
+        **({"label_names": list(labels)} if labels else {}),
+        **({"license": metadata.license} if metadata is not None and metadata.license else {}),
         PROVENANCE_KEY: provenance,
     }
     path.write_text(json.dumps(config, indent=2))
@@ -180,6 +196,7 @@ def export_collapsed(
     model_args: dict[str, Any] | None = None,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    metadata: ExportMetadata | None = None,
 ) -> ExportResult:
     """Write ``model``'s collapsed weights as a standard checkpoint of its base architecture.
 
@@ -190,13 +207,16 @@ def export_collapsed(
         model_args: kwargs its base was built with (``num_classes``, ...), with ``variant``.
         force: replace an existing non-empty ``out_dir``.
         progress: called with a short description before each step.
+        metadata: the training run (``ExportMetadata.from_checkpoint``) and explicit preprocessing,
+            labels and license; without training arguments the base's preprocessing is kept, with a
+            :class:`~overparam_zoo.metadata.MetadataWarning`.
 
     Returns:
         An :class:`ExportResult`.
 
     Raises:
-        ExportError: for a model that does not fit its base architecture, or an occupied
-            ``out_dir``; nothing is written then.
+        ExportError: for a model that does not fit its base architecture, preprocessing or labels
+            that do not fit the model, or an occupied ``out_dir``; nothing is written then.
         ValueError: when a bias gained inside a chain has no BatchNorm to fold into.
     """
     step = progress or (lambda _msg: None)
@@ -223,7 +243,10 @@ def export_collapsed(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = _write_config(stock, found, tmp / CONFIG_NAME, _provenance(found, error, shape))
+        config = _write_config(stock, found, tmp / CONFIG_NAME, _provenance(found, error, shape), metadata)
+        params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters()))
+        card = render_model_card(config, found, metadata, params=params)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         extra: list[Path] = []
         for written in get_plugin_manager().hook.overparam_zoo_export(model=stock, out_dir=tmp, config=config):
             extra += [out_dir / Path(p).relative_to(tmp) for p in written or []]
