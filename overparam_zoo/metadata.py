@@ -14,7 +14,7 @@ import argparse
 import csv
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ class ExportMetadata:
         training_args = _as_dict(args)
         labels = None
         if training_args and training_args.get("class_map"):
-            labels = _class_map_labels(str(training_args["class_map"]), str(training_args.get("data_dir") or ""))
+            labels = _class_map_labels(training_args)
         results = None
         if output_dir is not None and (Path(output_dir) / "summary.csv").is_file():
             metric = str((training_args or {}).get("eval_metric") or "top1")
@@ -148,9 +148,10 @@ def _as_dict(args: argparse.Namespace | Mapping[str, Any] | None) -> dict[str, A
     raise ExportError(f"training args must be an argparse.Namespace or a mapping, not {type(args).__name__}")
 
 
-def read_label_names(path: str | Path, root: str | Path = "") -> tuple[str, ...]:
+def read_label_names(path: str | Path, search: Iterable[str | Path] = ()) -> tuple[str, ...]:
     """Class names in index order from a timm class map (``.txt``: one name per line; ``.pkl``:
-    a ``{name: index}`` dict), read with timm's own ``load_class_map``.
+    a ``{name: index}`` dict), read with timm's own ``load_class_map``. A relative ``path`` that
+    does not exist is looked for in the ``search`` folders, as timm looks in the dataset root.
 
     Raises:
         ExportError: for a missing file, another format, or indices that are not ``0..n-1``.
@@ -158,10 +159,10 @@ def read_label_names(path: str | Path, root: str | Path = "") -> tuple[str, ...]
     from timm.data.readers.class_map import load_class_map
 
     path = Path(path)
-    if not path.is_file() and (Path(root) / path).is_file():
-        path = Path(root) / path
-    if not path.is_file():
+    found = [p for p in [path, *(Path(f) / path for f in search)] if p.is_file()]
+    if not found:
         raise ExportError(f"no label names file at {path}")
+    path = found[0]
     if path.suffix.lower() not in (".txt", ".pkl"):
         raise ExportError(
             f"{path}: expected a .txt file with one class name per line (timm's class map), or a .pkl class map"
@@ -176,9 +177,12 @@ def read_label_names(path: str | Path, root: str | Path = "") -> tuple[str, ...]
     return tuple(str(n) for n in names)
 
 
-def _class_map_labels(class_map: str, data_dir: str) -> tuple[str, ...] | None:
-    try:
-        return read_label_names(class_map, root=data_dir)
+def _class_map_labels(args: Mapping[str, Any]) -> tuple[str, ...] | None:
+    data_dir = Path(str(args.get("data_dir") or "."))
+    try:  # timm reads the class map relative to the dataset's split folder (data_dir/train)
+        return read_label_names(
+            str(args["class_map"]), search=(data_dir / str(args.get("train_split") or ""), data_dir)
+        )
     except ExportError as err:
         warnings.warn(
             f"the run's --class-map gives no label names ({err}); pass them with --label-names FILE",

@@ -203,11 +203,21 @@ def _provenance(config: Mapping[str, Any], variant: Variant, metadata: ExportMet
     )
 
 
+def _is_set(key: str, args: Mapping[str, Any]) -> bool:
+    """Whether a train.py argument was set to something that changes the run."""
+    value = args.get(key)
+    if value in (None, "", False, []):
+        return False
+    if key in ("world_size", "grad_accum_steps"):
+        return value != 1
+    return key != "amp_dtype" or bool(args.get("amp"))
+
+
 def _training(metadata: ExportMetadata | None) -> str:
     args = (metadata.training_args if metadata else None) or {}
     if not args:
         return "No training arguments were recorded with these weights (not a timm `train.py` checkpoint).\n"
-    rows = [(k, args[k]) for k in TRAINING_ARG_KEYS if args.get(k) not in (None, "", False, [])]
+    rows = [(k, args[k]) for k in TRAINING_ARG_KEYS if _is_set(k, args)]
     if not rows:
         return "The recorded training arguments hold none of the usual `train.py` settings.\n"
     return (
@@ -236,10 +246,14 @@ def _evaluation(results: TrainResults, metadata: ExportMetadata) -> str:
         "train.py evaluated the over-parameterized model; this export computes the same function up to the "
         "collapse error above.\n"
     )
-    if (metadata.training_args or {}).get("model_ema"):
+    args = metadata.training_args or {}
+    if args.get("model_ema") and not args.get("model_ema_force_cpu"):
         text += "With `--model-ema`, train.py logs the EMA weights' results" + (
-            ".\n" if metadata.used_ema else "; this export holds the non-EMA weights, so they may differ.\n"
+            ".\n" if metadata.used_ema else "; this export holds the non-EMA weights, whose results may differ.\n"
         )
+    elif args.get("model_ema") and metadata.used_ema:
+        text += "With `--model-ema-force-cpu`, train.py logs the non-EMA model's results; this export holds the EMA "
+        text += "weights, whose results may differ.\n"
     return text
 
 

@@ -100,8 +100,8 @@ def train_run(tmp_path):
     """A train.py output folder: a checkpoint (EMA, DDP-prefixed keys, args), summary.csv, a class map."""
     run = tmp_path / "output" / "train" / "20260101-resnet18_op_d2"
     run.mkdir(parents=True)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (tmp_path / "data" / "train").mkdir(parents=True)  # timm reads --class-map relative to the split folder
+    (tmp_path / "data" / "train" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     model = trained("resnet18_op_d2", num_classes=4)
     ema = trained("resnet18_op_d2", num_classes=4)
     args = train_py_args(
@@ -421,3 +421,19 @@ def test_torchvision_export_card_and_validation(tmp_path, offline_hub):
     assert card.data.library_name is None and "torchvision" in card.data.tags and card.data.license == "cc-by-4.0"
     assert "torchvision.models.resnet18(num_classes=3)" in card.text
     assert [p.name for p in validate_export(tmp_path / "tv")] == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_checkpoint_saver_exports_carry_the_run(tmp_path):
+    from timm.utils import CheckpointSaver
+
+    import overparam_zoo.export_on_save  # noqa: F401 - the opt-in
+
+    model = trained("resnet18_op_d2", num_classes=3)
+    args = train_py_args(model="resnet18_op_d2", num_classes=3, img_size=40, interpolation="bilinear", epochs=3)
+    (tmp_path / "summary.csv").write_text(SUMMARY)
+    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(tmp_path))
+    saver.save_checkpoint(2, metric=65.0)
+    cfg = json.loads((tmp_path / "collapsed-best" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 40, 40] and cfg["interpolation"] == "bilinear"
+    card = (tmp_path / "collapsed-last" / "README.md").read_text()
+    assert "| best epoch | 1 | 67.50 | 100.00 |" in card and "| these weights | 2 | 65.00 | 100.00 |" in card
