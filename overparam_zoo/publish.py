@@ -249,10 +249,14 @@ def push_export(
     """
     folder = Path(folder)
     hub = hub_client()
-    validate_repo_id(repo_id)
-    files = validate_export(folder)
     from huggingface_hub import constants
 
+    validate_repo_id(repo_id)
+    files = validate_export(folder)
+    if not dry_run:
+        token = hub_token(token)
+        if _set_card_repo(folder, repo_id):
+            log(f"{CARD_NAME}: its hf-hub: load line now names {repo_id}")
     endpoint = constants.ENDPOINT
     where = f"{endpoint}/{repo_id}" + (f" (revision {revision})" if revision else "")
     log(f"{'would upload' if dry_run else 'uploading'} {len(files)} files from {folder} to {where}:")
@@ -260,9 +264,6 @@ def push_export(
         log(f"  {rel.as_posix()}  ({(folder / rel).stat().st_size:,} bytes)")
     if dry_run:
         return PushResult(repo_id, files, revision, dry_run=True)
-    token = hub_token(token)
-    if _set_card_repo(folder, repo_id):
-        log(f"  {CARD_NAME}: load line set to hf-hub:{repo_id}")
     api = hub.HfApi(token=token, library_name="overparam-zoo")
     try:  # the client's transport errors differ by version (requests, httpx, ...): every failure here is one
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -273,7 +274,7 @@ def push_export(
             folder_path=folder,
             revision=revision,
             allow_patterns=[rel.as_posix() for rel in files],
-            commit_message=f"Upload collapsed {folder.name} (overparam-zoo export)",
+            commit_message=f"Upload overparam-zoo export {folder.resolve().name}",
         )
     except Exception as err:
         raise _hub_failure(err, repo_id, endpoint) from err
