@@ -15,11 +15,14 @@ from .convert import (
 from .expand import expand_into_, expand_pretrained
 from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
+from .options import ChainOptionError, ChainOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OverparamChain",
+    "ChainOptions",
+    "ChainOptionError",
     "OverparamLinear",
     "OverparamConv1d",
     "OverparamConv2d",

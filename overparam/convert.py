@@ -17,6 +17,7 @@ from .expand import expand_into_
 from .fold import find_following_batch_norms, needs_bias_fold
 from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
+from .options import ChainOptions
 from .plan import SkipError
 
 __all__ = [
@@ -71,15 +72,11 @@ class ConversionReport:
 
 def from_stock(
     layer: nn.Module,
+    options: ChainOptions | Mapping[str, Any] | None = None,
     *,
-    depth: int = 2,
-    width: float = 1,
-    batch_norm: bool = False,
-    residual: bool = False,
-    residual_intervals: int | Sequence[int] = 2,
-    kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     init: Init = "match",
     chain_class: type[OverparamChain] | None = None,
+    **option_kwargs: Any,
 ) -> OverparamChain:
     """A chain with exactly the architecture of a stock ``nn.Linear``/``nn.ConvNd``.
 
@@ -88,17 +85,15 @@ def from_stock(
 
     Args:
         layer: the stock layer (its exact class must be one of :data:`STOCK_LAYERS`).
-        depth: number of factors (ignored when ``kernel_sizes`` is given).
-        width: hidden channels are ``int(out * width)``.
-        batch_norm: batch norm after every factor.
-        residual: identity skips (must be possible for this layer's shape).
-        residual_intervals: skip intervals.
-        kernel_sizes: a kernel split that composes to the layer's kernel (default ``[k, 1, ...]``).
+        options: :class:`~overparam.options.ChainOptions` (or a mapping of them); a
+            ``kernel_sizes`` list must compose to the layer's kernel and sets the depth
+            (default ``[k, 1, ...]``).
         init: ``"match"`` draws factors whose effective weight has the std of the layer's
             current weight (which carries the architecture's own init) and copies its bias;
             ``"default"`` uses the stock default init scale.
         chain_class: the chain class to build, for converters of stock subclasses whose
             forward or ``fuse()`` differ (default: the matching ``Overparam*`` class).
+        **option_kwargs: chain options by name (``depth=2``, ...), applied over ``options``.
 
     Raises:
         TypeError: for a layer that is not a stock Linear/ConvNd (or a subclass, with
@@ -108,35 +103,40 @@ def from_stock(
     kind = _stock_base(layer) if chain_class is not None else type(layer)
     if kind not in STOCK_LAYERS:
         raise TypeError(f"from_stock expects one of {[c.__name__ for c in STOCK_LAYERS]}, got {type(layer).__name__}")
+    opts = ChainOptions.of(options, **option_kwargs)
     factory: dict[str, Any] = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    common: dict[str, Any] = dict(
-        width=width,
-        bias=layer.bias is not None,
-        batch_norm=batch_norm,
-        residual=residual,
-        residual_intervals=residual_intervals,
-        **factory,
-    )
     chain: OverparamChain
     if kind is nn.Linear:
-        chain = (chain_class or OverparamLinear)(layer.in_features, layer.out_features, depth=depth, **common)
+        opts = ChainOptions.of(opts, depth=opts.factor_count, kernel_sizes=None)
+        chain = (chain_class or OverparamLinear)(
+            layer.in_features,
+            layer.out_features,
+            **{k: v for k, v in opts.as_kwargs().items() if k != "kernel_sizes"},
+            bias=layer.bias is not None,
+            **factory,
+        )
     else:
         ones = (1,) * len(layer.kernel_size)
-        split = [tuple(layer.kernel_size)] + [ones] * (depth - 1) if kernel_sizes is None else list(kernel_sizes)
+        split = opts.kernel_sizes
+        if split is None:  # the layer's kernel on the first factor
+            split = [tuple(layer.kernel_size)] + [ones] * (opts.factor_count - 1)
+        elif not isinstance(split, Sequence):
+            split = [split] + [ones] * (opts.factor_count - 1)
         chain = (chain_class or _CHAIN_FOR[kind])(
             layer.in_channels,
             layer.out_channels,
-            kernel_sizes=split,
+            **{**opts.as_kwargs(), "depth": None, "kernel_sizes": split},
             stride=layer.stride,
             padding=layer.padding,
             dilation=layer.dilation,
             groups=layer.groups,
             padding_mode=layer.padding_mode,
-            **common,
+            bias=layer.bias is not None,
+            **factory,
         )
         if tuple(chain.kernel_size) != tuple(layer.kernel_size):
             raise ValueError(
-                f"kernel_sizes={list(kernel_sizes or [])} composes to kernel {chain.kernel_size}, but the "
+                f"kernel_sizes={list(split)} composes to kernel {chain.kernel_size}, but the "
                 f"stock layer has kernel {tuple(layer.kernel_size)}; the split must compose to it "
                 f"(sum(k) - depth + 1 per dim)"
             )
@@ -167,11 +167,7 @@ def _stock_base(module: nn.Module) -> type[nn.Module] | None:
 
 def convert_model(
     model: nn.Module,
-    depth: int = 2,
-    width: float = 1,
-    batch_norm: bool = False,
-    residual: bool = False,
-    residual_intervals: int | Sequence[int] = 2,
+    options: ChainOptions | Mapping[str, Any] | None = None,
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -179,33 +175,33 @@ def convert_model(
     options_for: Callable[[str, nn.Module], Mapping[str, Any] | None] | None = None,
     init: Init = "match",
     strict: bool = False,
+    **option_kwargs: Any,
 ) -> ConversionReport:
     """Replace stock layers by chains, in place, and report every decision.
 
     Args:
         model: the model to convert (a stock layer alone is returned converted).
-        depth, width, batch_norm, residual, residual_intervals: chain options for every layer.
+        options: :class:`~overparam.options.ChainOptions` for every layer (default depth 2).
             ``residual=True`` adds skips where a layer's shape allows them; other layers are
             converted without and listed in ``notes``.
         include: module-path globs to convert (default: all).
         exclude: module-path globs to leave stock.
-        converters: per exact module class, ``fn(module, **options) -> nn.Module`` for layer
-            types that are not stock (e.g. timm's ``Conv2dSame``); it may raise
+        converters: per exact module class, ``fn(module, *, init, **options) -> nn.Module``
+            for layer types that are not stock (e.g. timm's ``Conv2dSame``); it may raise
             ``NotImplementedError`` with a reason to leave the layer stock.
-        options_for: ``fn(path, module)`` returning per-layer options (overrides of the
-            defaults above, plus ``kernel_sizes``), or ``None`` to leave the layer stock.
+        options_for: ``fn(path, module)`` returning per-layer chain options (overrides of
+            ``options``), or ``None`` to leave the layer stock.
         init: ``"match"``/``"default"`` (see :func:`from_stock`), or ``"expand"``: set the
             factors so each chain computes exactly the layer's current weights (see
             :func:`overparam.expand.expand_into_`); errors above 1e-6 are listed in ``notes``.
         strict: raise :class:`LayerConversionError` for options a layer cannot take, instead
             of leaving it stock and listing it in ``skipped``.
+        **option_kwargs: chain options by name (``depth=4``, ``batch_norm=True``, ...).
 
     Returns:
         A :class:`ConversionReport`; ``report.model`` is the converted model.
     """
-    defaults = dict(
-        depth=depth, width=width, batch_norm=batch_norm, residual=residual, residual_intervals=residual_intervals
-    )
+    defaults = ChainOptions.of(options, **option_kwargs)
     converters = dict(converters or {})
     report = ConversionReport(model=model)
     if isinstance(model, OverparamChain):
@@ -222,13 +218,13 @@ def convert_model(
         if _matches(path, exclude):
             report.skipped[label] = EXCLUDED
             continue
-        options: dict[str, Any] = dict(defaults)
+        layer_options = defaults
         if options_for is not None:
             chosen = options_for(path, module)
             if chosen is None:
                 report.skipped[label] = LEFT_BY_RULES
                 continue
-            options.update(chosen)
+            layer_options = ChainOptions.of(defaults, **dict(chosen))
         kind = type(module)
         if kind in converters:
             convert: Converter = converters[kind]
@@ -243,9 +239,9 @@ def convert_model(
         layer_init = "match" if init == "expand" else init
         try:
             try:
-                new = convert(module, init=layer_init, **options)
+                new = convert(module, init=layer_init, **layer_options.as_kwargs())
             except SkipError as err:
-                new = convert(module, init=layer_init, **{**options, "residual": False})
+                new = convert(module, init=layer_init, **{**layer_options.as_kwargs(), "residual": False})
                 report.notes[label] = f"converted without residual: {err}"
         except NotImplementedError as err:
             report.skipped[label] = str(err)
@@ -271,31 +267,25 @@ def convert_model(
 def overparameterize(
     model: nn.Module,
     depth: int = 2,
-    width: float = 1,
-    batch_norm: bool = False,
-    residual: bool = False,
-    residual_intervals: int | Sequence[int] = 2,
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     converters: Mapping[type[nn.Module], Converter] | None = None,
     init: Init = "match",
     verbose: bool = False,
+    **options: Any,
 ) -> nn.Module:
     """Replace every stock Linear/ConvNd of ``model`` by an over-parameterized chain.
 
-    The seed API (``model = overparameterize(model, depth=2)``). Layers that cannot be
-    converted are named in a warning, never skipped silently; :func:`convert_model` returns
-    the full report. Arguments are those of :func:`convert_model`; ``verbose`` prints the
-    summary.
+    The seed API (``model = overparameterize(model, depth=2, batch_norm=True)``). Layers that
+    cannot be converted are named in a warning, never skipped silently; :func:`convert_model`
+    returns the full report. ``options`` are the other chain options (``width``,
+    ``batch_norm``, ``residual``, ``residual_intervals``); the rest are :func:`convert_model`'s
+    arguments; ``verbose`` prints the summary.
     """
     report = convert_model(
         model,
-        depth,
-        width,
-        batch_norm,
-        residual,
-        residual_intervals,
+        ChainOptions.of(options, depth=depth),
         include=include,
         exclude=exclude,
         converters=converters,

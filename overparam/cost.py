@@ -145,9 +145,7 @@ def _expanded_per_factor(plan: ChainPlan, input_shape: Sequence[int]) -> list[in
 def _single_macs(plan: ChainPlan, input_shape: Sequence[int]) -> int:
     batch, spatial = _split(plan, input_shape)
     out_size = _factor_output_sizes(plan, spatial)[-1]
-    return (
-        batch * math.prod(out_size) * plan.out_channels * plan.in_channels // plan.groups * math.prod(plan.kernel_size)
-    )
+    return batch * math.prod(out_size) * plan.out_channels * plan.fan_in
 
 
 def composed_macs(plan: ChainPlan, input_shape: Sequence[int]) -> int:

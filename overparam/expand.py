@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .chain import OverparamChain
+from .state import describe_mismatch
 
 __all__ = ["expand_into_", "expand_pretrained"]
 
@@ -102,7 +103,7 @@ def expand_into_(chain: OverparamChain, weight: Tensor, bias: Tensor | None = No
         NotImplementedError: for skip structures other than one skip over the whole chain.
     """
     plan = chain.plan
-    expected = (plan.out_channels, plan.in_channels // plan.groups, *plan.kernel_size)
+    expected = plan.weight_shape
     if tuple(weight.shape) != expected:
         raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit this chain, expected {expected}")
     if (bias is not None) and not plan.has_bias:
@@ -149,19 +150,12 @@ def expand_pretrained(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> 
     chains = {path: m for path, m in model.named_modules() if isinstance(m, OverparamChain)}
     own = {k: v for k, v in model.state_dict().items() if not any(k.startswith(p + ".") for p in chains)}
     for path, chain in chains.items():
-        own[f"{path}.weight"] = torch.empty(
-            chain.plan.out_channels, chain.plan.in_channels // chain.plan.groups, *chain.plan.kernel_size
-        )
+        own[f"{path}.weight"] = chain.plan.weight_shape
         if chain.plan.bias:
-            own[f"{path}.bias"] = torch.empty(chain.plan.out_channels)
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in own if k in state_dict and own[k].shape != state_dict[k].shape)
-    if missing or unexpected or shapes:
-        raise ValueError(
-            "the state dict does not fit the stock architecture of this model: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {shapes[:3]}"
-        )
+            own[f"{path}.bias"] = (chain.plan.out_channels,)
+    mismatch = describe_mismatch(own, state_dict)
+    if mismatch:
+        raise ValueError(f"the state dict does not fit the stock architecture of this model: {mismatch}")
     errors = {
         path: expand_into_(chain, state_dict[f"{path}.weight"], state_dict.get(f"{path}.bias"))
         for path, chain in chains.items()

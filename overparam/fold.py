@@ -5,19 +5,33 @@ A chain with batch norm inside has an effective bias even when the stock layer h
 the layer's output does: in eval, ``BN(z + b)`` with running mean ``m`` equals ``BN(z)``
 with running mean ``m - b``. Finding that BatchNorm needs the data flow, so the model is
 traced with torch.fx (chains and batch norms as leaves); the fold is refused unless the
-layer's output goes to exactly one BatchNorm.
+layer's output goes to exactly one BatchNorm. Libraries whose models need some modules or
+functions left untraced (timm's no-trace lists) say so once, with :func:`register_trace_options`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch.fx
 from torch import nn
 
 from .chain import OverparamChain
 
-__all__ = ["needs_bias_fold", "find_following_batch_norms"]
+__all__ = ["needs_bias_fold", "find_following_batch_norms", "register_trace_options"]
+
+TraceOptions = Mapping[str, Iterable]
+_PROVIDERS: list[Callable[[], TraceOptions]] = []
+
+
+def register_trace_options(provider: Callable[[], TraceOptions]) -> None:
+    """Add a source of ``leaf_modules``/``autowrap_functions`` for every fold's fx trace.
+
+    A callable, not a list, because libraries keep adding to theirs (timm registers no-trace
+    modules as its model files are imported). Registering the same provider twice is a no-op.
+    """
+    if provider not in _PROVIDERS:
+        _PROVIDERS.append(provider)
 
 
 def needs_bias_fold(chain: OverparamChain) -> bool:
@@ -48,8 +62,8 @@ def find_following_batch_norms(
     Args:
         model: the over-parameterized model.
         paths: chain paths whose bias must be folded.
-        leaf_modules: extra module types the tracer must not enter (e.g. timm's notrace modules).
-        autowrap_functions: functions the tracer must not enter.
+        leaf_modules: module types the tracer must not enter, besides the registered ones.
+        autowrap_functions: functions the tracer must not enter, besides the registered ones.
 
     Raises:
         ValueError: naming the layer, when the model cannot be traced or its output does not
@@ -58,8 +72,13 @@ def find_following_batch_norms(
     paths = list(paths)
     if not paths:
         return {}
+    leaves, functions = list(leaf_modules), list(autowrap_functions)
+    for provider in _PROVIDERS:
+        options = provider()
+        leaves += options.get("leaf_modules", ())
+        functions += options.get("autowrap_functions", ())
     try:
-        graph = _Tracer(tuple(leaf_modules), tuple(autowrap_functions)).trace(model)
+        graph = _Tracer(tuple(leaves), tuple(dict.fromkeys(functions))).trace(model)
     except Exception as err:
         raise ValueError(
             f"cannot fold the bias gained by {paths[0]} (batch norm inside a bias-free layer): tracing the "

@@ -24,12 +24,7 @@ def default_weight_std(chain: OverparamChain) -> float:
 
     ``nn.Linear``/``nn.ConvNd`` draw from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
     """
-    return 1.0 / math.sqrt(3.0 * _effective_fan_in(chain))
-
-
-def _effective_fan_in(chain: OverparamChain) -> int:
-    plan = chain.plan
-    return plan.in_channels // plan.groups * math.prod(plan.kernel_size)
+    return 1.0 / math.sqrt(3.0 * chain.plan.fan_in)
 
 
 @torch.no_grad()
@@ -47,7 +42,7 @@ def init_chain_(chain: OverparamChain, weight_std: float | None = None, bias: Te
     plan = chain.plan
     if weight_std is None:
         weight_std = default_weight_std(chain)
-    fan_in = _effective_fan_in(chain)
+    fan_in = chain.plan.fan_in
     gain = (weight_std * math.sqrt(fan_in)) ** (1.0 / plan.depth) if weight_std > 0 else 1.0
     for i, factor in enumerate(chain.factors):
         factor_fan_in = plan.channels[i] // plan.groups * math.prod(plan.kernels[i])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .chain import OverparamChain
 from .init import init_chain_
+from .options import ChainOptions
 from .plan import make_plan
 
 __all__ = ["OverparamLinear", "OverparamConv1d", "OverparamConv2d", "OverparamConv3d"]
@@ -48,17 +49,10 @@ class OverparamLinear(OverparamChain):
         device=None,
         dtype=None,
     ) -> None:
-        plan = make_plan(
-            in_features,
-            out_features,
-            ndim=0,
-            width=width,
-            depth=depth,
-            bias=bias,
-            batch_norm=batch_norm,
-            residual=residual,
-            residual_intervals=residual_intervals,
+        options = ChainOptions(
+            depth=depth, width=width, batch_norm=batch_norm, residual=residual, residual_intervals=residual_intervals
         )
+        plan = make_plan(in_features, out_features, ndim=0, options=options, bias=bias)
         super().__init__(plan, device=device, dtype=dtype)
         self.in_features = in_features
         self.out_features = out_features
@@ -96,22 +90,25 @@ class _OverparamConvNd(OverparamChain):
         device=None,
         dtype=None,
     ) -> None:
+        options = ChainOptions(
+            depth=depth,
+            width=width,
+            batch_norm=batch_norm,
+            residual=residual,
+            residual_intervals=residual_intervals,
+            kernel_sizes=kernel_sizes,
+        )
         plan = make_plan(
             in_channels,
             out_channels,
             ndim=self._ndim,
-            kernel_sizes=kernel_sizes,
+            options=options,
             stride=stride,
             padding=padding,
             dilation=dilation,
             groups=groups,
             padding_mode=padding_mode,
-            width=width,
-            depth=depth,
             bias=bias,
-            batch_norm=batch_norm,
-            residual=residual,
-            residual_intervals=residual_intervals,
         )
         super().__init__(plan, device=device, dtype=dtype)
         self.in_channels = in_channels

@@ -9,9 +9,11 @@ three can never disagree about where the stride sits or how a skip is cropped.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from .options import ChainOptions
+from .options import as_int as _as_int
 
 __all__ = ["ChainPlan", "Skip", "SkipError", "make_plan", "PADDING_MODES"]
 
@@ -87,6 +89,16 @@ class ChainPlan:
         return self.node_kernels[-1]
 
     @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the effective weight: ``[out, in / groups, *kernel]`` (``[out, in]`` for Linear)."""
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def fan_in(self) -> int:
+        """Inputs per output of the effective layer, as ``nn.init`` counts them."""
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    @property
     def has_bias(self) -> bool:
         """Whether the collapsed layer has a bias (factor biases or BN shifts)."""
         return self.bias or self.batch_norm
@@ -96,16 +108,6 @@ class ChainPlan:
 
     def skips_into(self, node: int) -> tuple[Skip, ...]:
         return tuple(s for s in self.skips if s.target == node)
-
-
-def _as_int(value: object) -> int | None:
-    """``value`` as an int if it is an integer (numpy integers too, not bools), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def _ntuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -126,50 +128,30 @@ def _positive(values: tuple[int, ...], name: str, minimum: int = 1) -> tuple[int
 
 
 def _factor_kernels(
-    kernel_sizes: int | Sequence[int | Sequence[int]], depth: int | None, ndim: int
+    kernel_sizes: int | Sequence[int | Sequence[int]] | None, depth: int | None, ndim: int
 ) -> tuple[tuple[int, ...], ...]:
-    """``k`` means ``[k, 1, ..., 1]`` of length ``depth`` (default 2); a list sets the depth."""
-    if ndim == 0:
-        given, depth = depth, 2 if depth is None else _as_int(depth)
-        if depth is None or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {given!r}")
-        return ((),) * depth
-    if _as_int(kernel_sizes) is not None:
-        given, depth = depth, 2 if depth is None else _as_int(depth)
-        if depth is None or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {given!r}")
-        first = _positive(_ntuple(kernel_sizes, ndim, "kernel_sizes"), "kernel_sizes")
+    """``k`` means ``[k, 1, ..., 1]`` of length ``depth`` (default 2); a list sets the depth.
+    Values are already valid :class:`ChainOptions`; this checks them against the layer."""
+    if ndim == 0 or kernel_sizes is None or _as_int(kernel_sizes) is not None:
+        depth = 2 if depth is None else depth
+        if ndim == 0:
+            return ((),) * depth
+        first = _ntuple(1 if kernel_sizes is None else kernel_sizes, ndim, "kernel_sizes")
         return (first,) + ((1,) * ndim,) * (depth - 1)
-    if isinstance(kernel_sizes, Sequence) and not isinstance(kernel_sizes, str):
-        if len(kernel_sizes) == 0:
-            raise ValueError("kernel_sizes must not be empty: give one kernel size per factor")
-        if depth is not None and depth != len(kernel_sizes):
-            raise ValueError(
-                f"depth={depth} disagrees with kernel_sizes={list(kernel_sizes)} "
-                f"({len(kernel_sizes)} factors); a list of kernel sizes sets the depth"
-            )
-        return tuple(
-            _positive(_ntuple(k, ndim, f"kernel_sizes[{i}]"), f"kernel_sizes[{i}]") for i, k in enumerate(kernel_sizes)
+    if depth is not None and depth != len(kernel_sizes):
+        raise ValueError(
+            f"depth={depth} disagrees with kernel_sizes={list(kernel_sizes)} "
+            f"({len(kernel_sizes)} factors); a list of kernel sizes sets the depth"
         )
-    raise ValueError(f"kernel_sizes must be an int or a list of kernel sizes, got {kernel_sizes!r}")
+    return tuple(_ntuple(k, ndim, f"kernel_sizes[{i}]") for i, k in enumerate(kernel_sizes))
 
 
 def _intervals(residual_intervals: int | Sequence[int], depth: int) -> list[int]:
-    if _as_int(residual_intervals) is not None:
-        raw = [residual_intervals]
-    elif isinstance(residual_intervals, Sequence) and not isinstance(residual_intervals, str):
-        raw = list(residual_intervals)
-    else:
-        raw = [None]  # reported below
+    """Distinct intervals, ``-1`` resolved to the whole chain (values already validated)."""
+    raw = [residual_intervals] if _as_int(residual_intervals) is not None else list(residual_intervals)  # type: ignore[arg-type]
     out: list[int] = []
     for n in raw:
-        n = _as_int(n)  # type: ignore[assignment]
-        if n is None or (n < 1 and n != -1):
-            raise ValueError(
-                f"residual_intervals entries must be ints >= 1 or -1 (one skip over the whole "
-                f"chain), got {residual_intervals!r}"
-            )
-        n = depth if n == -1 else n
+        n = depth if n == -1 else int(n)
         if n not in out:
             out.append(n)
     return out
@@ -200,20 +182,16 @@ def make_plan(
     out_channels: int,
     *,
     ndim: int,
-    kernel_sizes: int | Sequence[int | Sequence[int]] = 1,
+    options: ChainOptions | None = None,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
-    width: float = 1,
-    depth: int | None = None,
     bias: bool = True,
-    batch_norm: bool = False,
-    residual: bool = False,
-    residual_intervals: int | Sequence[int] = 2,
 ) -> ChainPlan:
-    """Validate layer arguments and lay out the chain.
+    """Lay out the chain of one layer: ``options`` say how it is over-parameterized, the
+    other arguments are the effective layer's own (as in ``nn.ConvNd``).
 
     Raises:
         ValueError: naming the argument and what was expected, for any configuration that
@@ -231,13 +209,13 @@ def make_plan(
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
 
-    kernels = _factor_kernels(kernel_sizes, depth, ndim)
+    options = options or ChainOptions()
+    kernels = _factor_kernels(options.kernel_sizes, options.depth, ndim)
     depth = len(kernels)
     stride_t = _positive(_ntuple(stride, ndim, "stride"), "stride")
     dilation_t = _positive(_ntuple(dilation, ndim, "dilation"), "dilation")
 
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a positive number, got {width!r}")
+    width = options.width
     hidden = int(out_channels * width)
     if depth > 1:
         if hidden < 1:
@@ -266,7 +244,8 @@ def make_plan(
     pad = _padding(padding, ndim, effective, dilation_t, stride_t)
 
     skips: list[Skip] = []
-    if residual:
+    residual_intervals = options.residual_intervals
+    if options.residual:
         pairs: list[tuple[int, int]] = []
         for n in _intervals(residual_intervals, depth):
             for target in range(n, depth + 1, n):
@@ -309,6 +288,6 @@ def make_plan(
         padding=pad,
         padding_mode=padding_mode,
         bias=bool(bias),
-        batch_norm=bool(batch_norm),
+        batch_norm=options.batch_norm,
         skips=tuple(skips),
     )

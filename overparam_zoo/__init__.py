@@ -5,10 +5,20 @@ torchvision's registries, so ``timm.create_model("resnet18_op_d2")`` works, and 
 ``train.py --device-modules overparam_zoo`` picks them up.
 """
 
-from .collapse import collapse, collapsed_state_dict
+from overparam import collapse, collapsed_state_dict
+
+from .errors import (
+    CheckpointError,
+    DataError,
+    ExportError,
+    OverparamZooError,
+    PublishError,
+    RecipeError,
+    UnknownModelError,
+)
 from .hookspecs import hookimpl
 from .plugins import get_plugin_manager
-from .recipe import Recipe, RecipeError, Variant, load_recipe
+from .recipe import Recipe, Variant, load_recipe
 from .registry import (
     apply_variant,
     check_variant,
@@ -17,28 +27,36 @@ from .registry import (
     list_variants,
     register_all,
     register_recipe,
+    resolve,
 )
-from .tracing import register_with_timm_fx
+from .tracing import register_tracing
 
 __version__ = "0.1.0"
 
 __all__ = [
     "hookimpl",
     "get_plugin_manager",
-    "Recipe",
+    "OverparamZooError",
+    "UnknownModelError",
     "RecipeError",
+    "CheckpointError",
+    "ExportError",
+    "PublishError",
+    "DataError",
+    "Recipe",
     "Variant",
     "load_recipe",
     "register_recipe",
     "register_all",
     "list_variants",
     "get_variant",
+    "resolve",
     "create_model",
     "apply_variant",
     "check_variant",
-    "collapse",
+    "collapse",  # overparam's: timm's fx settings are registered with it on import
     "collapsed_state_dict",
 ]
 
-register_with_timm_fx()
+register_tracing()
 register_all()

@@ -19,7 +19,7 @@ from torch import nn
 from .errors import ExportError
 from .metadata import DATA_KEYS, ExportMetadata, MetadataWarning
 
-__all__ = ["ARCHITECTURE_KEYS", "exported_label_names", "exported_pretrained_cfg", "resolve_training_data_config"]
+__all__ = ["ARCHITECTURE_KEYS", "describe_weights", "exported_pretrained_cfg", "resolve_training_data_config"]
 
 ARCHITECTURE_KEYS: tuple[str, ...] = (
     "architecture",
@@ -94,16 +94,33 @@ def exported_pretrained_cfg(model: nn.Module, metadata: ExportMetadata | None) -
     return cfg
 
 
-def exported_label_names(num_classes: int, metadata: ExportMetadata | None) -> tuple[str, ...] | None:
-    """The label names to store, checked against the class count.
+def describe_weights(model: nn.Module, metadata: ExportMetadata | None) -> dict[str, Any]:
+    """Make ``model`` describe the weights it is exported with; return the ``config.json`` fields
+    its zoo's config writer does not know.
+
+    A timm model's ``pretrained_cfg`` (what timm's ``save_config_for_hf`` writes) becomes
+    :func:`exported_pretrained_cfg`. Label names go at the top level, where timm puts them, and
+    so does the license of a model without a ``pretrained_cfg`` (torchvision).
 
     Raises:
-        ExportError: when there is not exactly one name per class.
+        ExportError: for preprocessing the model cannot take, or not one label name per class.
     """
+    fields: dict[str, Any] = {}
+    if hasattr(model, "pretrained_cfg"):
+        model.pretrained_cfg = exported_pretrained_cfg(model, metadata)
+        num_classes = model.num_classes
+    else:
+        num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+        if metadata is not None and metadata.license:
+            fields["license"] = metadata.license
     names = metadata.label_names if metadata is not None else None
-    if names is not None and len(names) != num_classes:
-        raise ExportError(f"{len(names)} label names for a model with {num_classes} classes; expected one per class")
-    return names
+    if names is not None:
+        if len(names) != num_classes:
+            raise ExportError(
+                f"{len(names)} label names for a model with {num_classes} classes; expected one per class"
+            )
+        fields["label_names"] = list(names)
+    return fields
 
 
 def _describe(values: Mapping[str, Any]) -> str:

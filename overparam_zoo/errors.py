@@ -17,6 +17,8 @@ __all__ = [
     "ExportError",
     "PublishError",
     "DataError",
+    "AnalysisError",
+    "OutputError",
 ]
 
 
@@ -56,3 +58,11 @@ class PublishError(OverparamZooError):
 
 class DataError(OverparamZooError):
     """A dataset that cannot be used (missing folder, missing optional dependency)."""
+
+
+class AnalysisError(OverparamZooError):
+    """A model that cannot be measured (no Linear/Conv layers, a layer with no spectrum)."""
+
+
+class OutputError(OverparamZooError):
+    """An output file that cannot be written (missing folder permissions, a full disk)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
-import json
 import os
 import shutil
 import tempfile
@@ -33,27 +32,21 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .collapse import collapsed_state_dict
-from .data_config import exported_label_names, exported_pretrained_cfg
+from overparam import collapsed_state_dict
+from overparam.state import describe_mismatch
+
+from .data_config import describe_weights
 from .errors import ExportError
+from .files import usual_permissions
 from .metadata import ExportMetadata
 from .model_card import CARD_NAME, render_model_card
 from .plugins import get_plugin_manager
 from .recipe import Variant
 from .registry import build_base, get_variant
+from .verify import collapse_error, probe_input, probe_shape, variant_of
+from .zoos import get_zoo
 
-__all__ = [
-    "ExportError",
-    "ExportResult",
-    "export_collapsed",
-    "variant_of",
-    "check_out_dir",
-    "collapse_error",
-    "probe_input",
-    "probe_shape",
-    "relative_difference",
-    "PROVENANCE_KEY",
-]
+__all__ = ["ExportResult", "export_collapsed", "check_out_dir", "PROVENANCE_KEY"]
 
 PROVENANCE_KEY = "overparam_zoo"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,48 +62,6 @@ class ExportResult:
     config: dict[str, Any]
     max_collapse_error: float
     extra_files: list[Path] = field(default_factory=list)
-
-
-def variant_of(model: nn.Module) -> tuple[Variant, dict[str, Any]]:
-    """The variant an op model was built from, and the kwargs its base was built with."""
-    info = getattr(model, "overparam_zoo", None)
-    if not isinstance(info, dict) or "variant" not in info:
-        raise ExportError(
-            "the model is not an op variant built by overparam_zoo, so there is nothing to collapse "
-            "(for an op model built by hand, pass variant=NAME)"
-        )
-    return get_variant(info["variant"], info["zoo"]), dict(info.get("model_args", {}))
-
-
-def probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
-    """The input size (without batch) the collapse is checked on: the model's own input size."""
-    if variant.zoo == "timm":
-        try:
-            from timm.models._hub import get_model_input_config
-
-            return tuple(get_model_input_config(stock)["input_size"])
-        except (ImportError, KeyError, AttributeError):
-            return tuple(stock.pretrained_cfg["input_size"])
-    first = next(m for m in stock.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-    return (first.in_channels, 224, 224) if isinstance(first, nn.Conv2d) else (first.in_features,)
-
-
-def probe_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A seeded batch of two, so every check of the same model sees the same input."""
-    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
-
-
-def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max absolute difference, relative to the largest magnitude of ``b``."""
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-def collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
-    """Output difference between ``model`` (eval, in ``x``'s dtype) and its collapsed stock model."""
-    stock = build_base(variant, **args).to(x.dtype).eval()
-    stock.load_state_dict(collapsed_state_dict(model), strict=True)
-    with torch.no_grad():
-        return relative_difference(stock(x), model(x))
 
 
 def _versions() -> dict[str, str]:
@@ -137,45 +88,11 @@ def _provenance(variant: Variant, error: float, shape: tuple[int, ...]) -> dict[
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, or a non-empty folder without ``force``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir} exists and is not empty; use force=True (--force) to replace it")
-
-
-def _write_config(
-    stock: nn.Module, variant: Variant, path: Path, provenance: dict[str, Any], metadata: ExportMetadata | None
-) -> dict[str, Any]:
-    if variant.zoo == "timm":
-        from timm.models._hub import save_config_for_hf
-
-        stock.pretrained_cfg = exported_pretrained_cfg(stock, metadata)  # save_config_for_hf writes it
-        labels = exported_label_names(stock.num_classes, metadata)
-        model_config = {PROVENANCE_KEY: provenance, **({"label_names": list(labels)} if labels else {})}
-        save_config_for_hf(stock, str(path), model_config=model_config)
-        return json.loads(path.read_text())
-    classifier = [m for m in stock.modules() if isinstance(m, nn.Linear)][-1]
-    labels = exported_label_names(classifier.out_features, metadata)
-    config = {
-        "architecture": variant.base,
-        "zoo": "torchvision",
-        "num_classes": classifier.out_features,
-        **({"label_names": list(labels)} if labels else {}),
-        **({"license": metadata.license} if metadata is not None and metadata.license else {}),
-        PROVENANCE_KEY: provenance,
-    }
-    path.write_text(json.dumps(config, indent=2))
-    return config
-
-
-def _usual_permissions(folder: Path) -> None:
-    """``mkdtemp`` makes a private (0700) folder; an export is meant to be shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
@@ -215,9 +132,9 @@ def export_collapsed(
         An :class:`ExportResult`.
 
     Raises:
-        ExportError: for a model that does not fit its base architecture, preprocessing or labels
-            that do not fit the model, or an occupied ``out_dir``; nothing is written then.
-        ValueError: when a bias gained inside a chain has no BatchNorm to fold into.
+        ExportError: for a model that does not fit its base architecture, a bias gained inside
+            a chain with no BatchNorm to fold into, preprocessing or labels that do not fit the
+            model, or an occupied ``out_dir``; nothing is written then.
     """
     step = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
@@ -227,30 +144,36 @@ def export_collapsed(
     else:
         found, args = variant_of(model)
     step("collapsing")
-    state = {k: v.detach().contiguous().clone() for k, v in collapsed_state_dict(model).items()}
+    try:
+        collapsed = collapsed_state_dict(model)
+    except ValueError as err:  # a bias gained inside a chain with no BatchNorm to fold into
+        raise ExportError(f"cannot collapse {found.name}: {err}") from err
+    state = {k: v.detach().contiguous().clone() for k, v in collapsed.items()}
     step(f"loading into {found.base}")
     stock = build_base(found, **args).eval()
-    try:
-        stock.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ExportError(f"collapsed weights do not fit {found.zoo} {found.base}: {' '.join(first[1:3])}") from err
+    mismatch = describe_mismatch(stock.state_dict(), state)
+    if mismatch:
+        raise ExportError(f"collapsed weights do not fit {found.zoo} {found.base}: {mismatch}")
+    stock.load_state_dict(state, strict=True)
     step("measuring the collapse error (float64)")
     shape = probe_shape(stock, found)
     error = collapse_error(copy.deepcopy(model).double().eval(), found, args, probe_input(shape, torch.float64))
+    described = describe_weights(stock, metadata)  # the config fields of these weights, checked before writing
     step(f"writing {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = _write_config(stock, found, tmp / CONFIG_NAME, _provenance(found, error, shape), metadata)
+        config = get_zoo(found.zoo).write_config(
+            stock, found.base, tmp / CONFIG_NAME, {**described, PROVENANCE_KEY: _provenance(found, error, shape)}
+        )
         params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters()))
-        card = render_model_card(config, found, metadata, params=params)
-        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+        (tmp / CARD_NAME).write_text(render_model_card(config, found, metadata, params=params), encoding="utf-8")
         extra: list[Path] = []
         for written in get_plugin_manager().hook.overparam_zoo_export(model=stock, out_dir=tmp, config=config):
             extra += [out_dir / Path(p).relative_to(tmp) for p in written or []]
-        _usual_permissions(tmp)
+        for path in [tmp, *tmp.iterdir()]:
+            usual_permissions(path)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

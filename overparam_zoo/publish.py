@@ -11,9 +11,7 @@ an unreachable hub, is a one-line :class:`~overparam_zoo.errors.PublishError`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,10 @@ from typing import Any
 import torch
 import yaml
 
-from .errors import PublishError
+from overparam.state import describe_mismatch
+
+from .errors import PublishError, UnknownModelError
+from .files import atomic_write
 from .model_card import CARD_NAME
 
 __all__ = ["PushResult", "hub_client", "hub_token", "push_export", "validate_export", "validate_repo_id"]
@@ -118,21 +119,15 @@ def _check_card(folder: Path, hub: ModuleType) -> None:
 
 def _base_model(config: dict[str, Any]) -> torch.nn.Module:
     """The architecture ``config.json`` names, built on the meta device (no memory, no init)."""
-    arch, num_classes = config["architecture"], config["num_classes"]
+    from .registry import create_model
+
+    arch, zoo = config["architecture"], config.get("zoo", "timm")
+    kwargs = {**config.get("model_args", {}), "num_classes": config["num_classes"]}
     try:
         with torch.device("meta"):
-            if config.get("zoo") == "torchvision":
-                from .registry import torchvision_builder
-
-                builder = torchvision_builder(arch)
-                if builder is None:
-                    raise PublishError(f"config.json names {arch!r}, which is not a torchvision model")
-                return builder(num_classes=num_classes)
-            import timm
-
-            if not timm.is_model(arch):
-                raise PublishError(f"config.json names {arch!r}, which is not a timm model")
-            return timm.create_model(arch, **{**config.get("model_args", {}), "num_classes": num_classes})
+            return create_model(arch, zoo=zoo, **kwargs)
+    except UnknownModelError as err:
+        raise PublishError(f"config.json names {arch!r}, which is not a {zoo} model") from err
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as err:  # arguments that do not build it
         raise PublishError(f"config.json does not build {arch}: {type(err).__name__}: {err}") from err
 
@@ -147,19 +142,10 @@ def _check_weights(folder: Path, config: dict[str, Any]) -> None:
     except (OSError, SafetensorError) as err:
         raise PublishError(f"{path}: not a readable safetensors file ({err})") from err
     model = _base_model(config)
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [
-        f"{k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    mismatch = describe_mismatch(model.state_dict(), state)
+    if mismatch:
         raise PublishError(
-            f"{path} does not load into {config['architecture']}(num_classes={config['num_classes']}): "
-            f"{problems[0]}{more}"
+            f"{path} does not load into {config['architecture']}(num_classes={config['num_classes']}): {mismatch}"
         )
     model.load_state_dict(state, strict=True, assign=True)
 
@@ -197,15 +183,7 @@ def _set_card_repo(folder: Path, repo_id: str) -> bool:
     updated = _HUB_LOAD.sub(lambda m: f"{m.group(1)}{repo_id}{m.group(2)}", text)
     if updated == text:
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{CARD_NAME}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(updated)
-        os.chmod(tmp, card.stat().st_mode & 0o777)
-        os.replace(tmp, card)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(card, lambda tmp: Path(tmp).write_text(updated, encoding="utf-8"))
     return True
 
 

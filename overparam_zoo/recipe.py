@@ -29,15 +29,16 @@ from typing import Any
 
 import yaml
 
+from overparam.options import CHAIN_OPTION_NAMES, ChainOptionError, ChainOptions
+
 from .errors import RecipeError
 
 __all__ = ["Recipe", "RecipeError", "LayerRule", "Variant", "load_recipe", "ZOOS"]
 
 ZOOS = ("timm", "torchvision")
 _TOP_KEYS = ("zoo", "bases", "variants", "layers", "description")
-_CHAIN_KEYS = ("depth", "width", "batch_norm", "residual", "residual_intervals")
-_VARIANT_KEYS = _CHAIN_KEYS + ("tag",)
-_RULE_KEYS = ("match", "types", "skip", "kernel_sizes") + _CHAIN_KEYS
+_VARIANT_KEYS = tuple(k for k in CHAIN_OPTION_NAMES if k != "kernel_sizes") + ("tag",)
+_RULE_KEYS = ("match", "types", "skip") + CHAIN_OPTION_NAMES
 _TAG = re.compile(r"^[a-z0-9]+$")
 
 
@@ -128,34 +129,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_chain_options(path: Path, where: str, data: Mapping[str, Any]) -> None:
-    checks = {
-        "depth": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "width": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
-        "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
-        "residual": (lambda v: isinstance(v, bool), "true or false"),
-        "skip": (lambda v: isinstance(v, bool), "true or false"),
-        "residual_intervals": (
-            lambda v: (
-                (_is_int(v) and (v >= 1 or v == -1))
-                or (isinstance(v, list) and v and all(_is_int(i) and (i >= 1 or i == -1) for i in v))
-            ),
-            "an int >= 1, -1, or a list of them",
-        ),
-        "kernel_sizes": (
-            lambda v: (
-                isinstance(v, list)
-                and v
-                and all(
-                    (_is_int(k) and k >= 1) or (isinstance(k, list) and k and all(_is_int(i) and i >= 1 for i in k))
-                    for k in v
-                )
-            ),
-            "a list of kernel sizes (ints or per-dim lists of ints)",
-        ),
-    }
-    for key, (ok, expected) in checks.items():
-        if key in data and not ok(data[key]):
-            raise RecipeError(path, f"{where}.{key}", f"got {data[key]!r}; expected {expected}")
+    """Chain options are validated by :class:`overparam.ChainOptions`; errors get the file and key."""
+    if "skip" in data and not isinstance(data["skip"], bool):
+        raise RecipeError(path, f"{where}.skip", f"got {data['skip']!r}; expected true or false")
+    try:
+        ChainOptions.of({k: v for k, v in data.items() if k in CHAIN_OPTION_NAMES})
+    except ChainOptionError as err:
+        raise RecipeError(path, f"{where}.{err.option}", f"got {err.value!r}; expected {err.expected}") from None
 
 
 def _string_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
@@ -228,7 +208,7 @@ def load_recipe(path: str | Path) -> Recipe:
                 match=_string_list(path, f"{where}.match", rule.get("match", "*")),
                 types=_string_list(path, f"{where}.types", rule["types"]) if "types" in rule else None,
                 skip=bool(rule.get("skip", False)),
-                options={k: v for k, v in rule.items() if k in _CHAIN_KEYS + ("kernel_sizes",)},
+                options={k: v for k, v in rule.items() if k in CHAIN_OPTION_NAMES},
             )
         )
     return Recipe(

@@ -1,70 +1,59 @@
-"""How a variant name becomes a model: recipes registered into timm's and torchvision's
-registries, and the build that converts a base model by its recipe.
+"""How a name becomes a model: one door for op variants, timm models and torchvision models.
 
-``timm.create_model("resnet18_op_d2", **kwargs)`` builds the base ``resnet18`` with the same
-kwargs (``num_classes``, ``in_chans``, ``drop_path_rate``, ``features_only``, ...), then
-converts its layers by the recipe. ``pretrained=True`` loads the base's weights the usual
-timm way (hub, or ``pretrained_cfg_overlay=dict(file=...)``) and expands them exactly into the
-factors.
+Variants come from recipes and are registered into timm's and torchvision's registries (through
+the adapters in :mod:`overparam_zoo.zoos`), so ``timm.create_model("resnet18_op_d2", **kwargs)``
+builds the base ``resnet18`` with the same kwargs (``num_classes``, ``in_chans``,
+``drop_path_rate``, ``features_only``, ...), then converts its layers by the recipe.
+``pretrained=True`` loads the base's weights the usual timm way and expands them exactly into
+the factors. :func:`resolve` is the only place that decides what a name is.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import logging
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from overparam import OverparamChain, convert_model
+from overparam import convert_model
 from overparam.convert import ConversionReport, LayerConversionError
 
-from . import op_models
-from .errors import UnknownModelError
+from .errors import RecipeError, UnknownModelError
 from .plugins import get_plugin_manager
-from .recipe import Recipe, RecipeError, Variant, load_recipe
+from .recipe import Recipe, Variant, load_recipe
+from .zoos import ZOOS, Zoo, get_zoo
 
 __all__ = [
-    "register_all",
-    "register_recipe",
-    "load_recipes",
-    "list_variants",
-    "get_variant",
+    "Resolved",
+    "resolve",
     "create_model",
+    "build_base",
+    "get_variant",
+    "list_variants",
+    "register_recipe",
+    "register_all",
+    "load_recipes",
     "apply_variant",
     "check_variant",
     "converters",
-    "build_base",
-    "torchvision_builder",
 ]
 
-logger = logging.getLogger("overparam_zoo")
-
 _VARIANTS: dict[tuple[str, str], Variant] = {}
+_REGISTERED: set[tuple[str, str]] = set()  # variants the zoo itself builds by name
 
 
-def torchvision_builder(name: str) -> Any | None:
-    """torchvision's public builder function for a model name (``torchvision.models.resnet18``),
-    or ``None``. Used instead of torchvision's registry, whose internals may change."""
-    import torchvision.models
+@dataclass(frozen=True)
+class Resolved:
+    """What a model name is: a variant (``variant`` set) or a stock model of ``zoo``."""
 
-    builder = getattr(torchvision.models, name, None)
-    module = getattr(builder, "__module__", "") or ""
-    is_builder = callable(builder) and not isinstance(builder, type) and not module.rsplit(".", 1)[-1].startswith("_")
-    return builder if is_builder and module.startswith("torchvision.models.") else None
-
-
-def build_base(variant: Variant, **kwargs: Any) -> nn.Module:
-    """The unmodified base architecture of ``variant``, built with ``kwargs``."""
-    if variant.zoo == "timm":
-        import timm
-
-        return timm.create_model(variant.base, **kwargs)
-    return torchvision_builder(variant.base)(**kwargs)
+    name: str
+    zoo: Zoo
+    variant: Variant | None = None
 
 
 def converters() -> dict[type[nn.Module], Any]:
@@ -96,134 +85,11 @@ def apply_variant(model: nn.Module, variant: Variant, *, init: str = "match") ->
         raise RecipeError(variant.recipe.path, key, f"cannot apply to {variant.base} layer {err}") from err
 
 
-def _map_cfg_paths(cfg: dict[str, Any], variant: Variant, model: nn.Module | None) -> dict[str, Any]:
-    """``first_conv``/``classifier`` name layers whose ``.weight`` is in the op model's state
-    dict: the first factor (its input is the image) and the last factor (its output is the logits)."""
-    cfg = dict(cfg, architecture=variant.name)
-
-    def factor_path(path: str, first: bool, guess_type: str) -> str:
-        if model is not None:
-            try:
-                layer = model.get_submodule(path)
-            except AttributeError:
-                return path
-            if isinstance(layer, OverparamChain):
-                return f"{path}.factors.{0 if first else layer.depth - 1}"
-            return path
-        options = variant.layer_options(path, guess_type)
-        if options is None:
-            return path
-        depth = len(options["kernel_sizes"]) if "kernel_sizes" in options else options["depth"]
-        return f"{path}.factors.{0 if first else depth - 1}"
-
-    for key, first, guess in (("first_conv", True, "Conv2d"), ("classifier", False, "Linear")):
-        value = cfg.get(key)
-        if not value:
-            continue
-        if isinstance(value, str):
-            cfg[key] = factor_path(value, first, guess)
-        else:
-            cfg[key] = type(value)(factor_path(v, first, guess) for v in value)
-    return cfg
-
-
-def _timm_builder(variant: Variant):
-    def build(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None, **kwargs: Any):
-        import timm
-
-        base_name = variant.base
-        if isinstance(pretrained_cfg, str):  # a pretrained tag, as in "resnet18_op_d2.a1_in1k"
-            base_name, pretrained_cfg = f"{variant.base}.{pretrained_cfg}", None
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        model = timm.create_model(
-            base_name,
-            pretrained=pretrained,
-            pretrained_cfg=pretrained_cfg,
-            pretrained_cfg_overlay=pretrained_cfg_overlay,
-            **kwargs,
-        )
+def _builder(variant: Variant):
+    def convert(model: nn.Module, pretrained: bool) -> None:
         apply_variant(model, variant, init="expand" if pretrained else "match")
-        cfg = _map_cfg_paths(dict(getattr(model, "pretrained_cfg", {}) or {}), variant, model)
-        model.pretrained_cfg = model.default_cfg = cfg
-        model.overparam_zoo = {"variant": variant.name, "zoo": "timm", "model_args": kwargs}
-        return model
 
-    build.__name__ = build.__qualname__ = variant.name
-    build.__module__ = op_models.__name__
-    build.__doc__ = f"{variant.base} over-parameterized at depth {variant.depth} ({variant.recipe.path.name})."
-    return build
-
-
-def _torchvision_builder(variant: Variant):
-    def build(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> nn.Module:
-        model = torchvision_builder(variant.base)(weights=weights, progress=progress, **kwargs)
-        apply_variant(model, variant, init="expand" if weights is not None else "match")
-        model.overparam_zoo = {"variant": variant.name, "zoo": "torchvision", "model_args": kwargs}
-        return model
-
-    build.__name__ = build.__qualname__ = variant.name
-    build.__module__ = "overparam_zoo.torchvision_models"
-    build.__doc__ = f"torchvision {variant.base} over-parameterized at depth {variant.depth}."
-    return build
-
-
-def _register_timm(variant: Variant) -> bool:
-    import timm
-    from timm.models import get_pretrained_cfg, register_model
-
-    if timm.is_model(variant.name):
-        warnings.warn(
-            f"overparam_zoo: {variant.name} is already a timm model; the variant from "
-            f"{variant.recipe.path} is not registered",
-            stacklevel=3,
-        )
-        return False
-    base_cfg = get_pretrained_cfg(variant.base, allow_unregistered=False)
-    cfg = base_cfg.to_dict() if base_cfg is not None else {}
-    cfg.pop("architecture", None)
-    cfg.pop("tag", None)
-    op_models.default_cfgs[variant.name] = _map_cfg_paths(cfg, variant, None)
-    register_model(_timm_builder(variant))
-    return True
-
-
-def _register_torchvision(variant: Variant) -> bool:
-    try:
-        from torchvision.models import _api
-
-        registry = _api.BUILTIN_MODELS
-        register = _api.register_model
-    except (ImportError, AttributeError) as err:
-        warnings.warn(
-            f"overparam_zoo: torchvision's model registry API is not as expected ({err}); "
-            f"{variant.name} is available through overparam_zoo.create_model(..., zoo='torchvision') only",
-            stacklevel=3,
-        )
-        return False
-    if variant.name in registry:
-        warnings.warn(
-            f"overparam_zoo: {variant.name} is already a torchvision model; the variant from "
-            f"{variant.recipe.path} is not registered",
-            stacklevel=3,
-        )
-        return False
-    register(variant.name)(_torchvision_builder(variant))
-    return True
-
-
-def _check_bases(recipe: Recipe) -> None:
-    if recipe.zoo == "timm":
-        import timm
-
-        known = timm.is_model
-    else:
-
-        def known(name: str) -> bool:
-            return torchvision_builder(name) is not None
-
-    for i, base in enumerate(recipe.bases):
-        if not known(base):
-            raise RecipeError(recipe.path, f"bases[{i}]", f"{base!r} is not a {recipe.zoo} model")
+    return get_zoo(variant.zoo).variant_builder(variant, convert)
 
 
 def register_recipe(recipe: Recipe) -> list[str]:
@@ -232,15 +98,18 @@ def register_recipe(recipe: Recipe) -> list[str]:
     Raises:
         RecipeError: for an unknown base model.
     """
-    _check_bases(recipe)
+    zoo = get_zoo(recipe.zoo)
+    for i, base in enumerate(recipe.bases):
+        if not zoo.is_model(base):
+            raise RecipeError(recipe.path, f"bases[{i}]", f"{base!r} is not a {recipe.zoo} model")
     added = []
     for variant in recipe.variants():
         key = (recipe.zoo, variant.name)
         if key in _VARIANTS:
             continue
-        ok = _register_timm(variant) if recipe.zoo == "timm" else _register_torchvision(variant)
-        _VARIANTS[key] = variant  # also when the zoo refused it: create_model() still builds it
-        if ok:
+        _VARIANTS[key] = variant  # also when the zoo refuses it: create_model() still builds it
+        if zoo.register(variant, _builder(variant)):
+            _REGISTERED.add(key)
             added.append(variant.name)
     return added
 
@@ -276,8 +145,12 @@ def list_variants(pattern: str | None = None, zoo: str | None = None) -> list[st
 
 
 def get_variant(name: str, zoo: str | None = None) -> Variant:
-    """The variant registered under ``name`` (timm first, unless ``zoo`` says otherwise)."""
-    for z in [zoo] if zoo else ["timm", "torchvision"]:
+    """The variant registered under ``name`` (timm first, unless ``zoo`` says otherwise).
+
+    Raises:
+        UnknownModelError: naming close variants of the same base, if any.
+    """
+    for z in [zoo] if zoo else list(ZOOS):
         if (z, name) in _VARIANTS:
             return _VARIANTS[(z, name)]
     close = [n for n in list_variants() if n.split("_op_")[0] == name.split("_op_")[0]][:5]
@@ -285,13 +158,44 @@ def get_variant(name: str, zoo: str | None = None) -> Variant:
     raise UnknownModelError(f"unknown op variant {name!r}{hint}")
 
 
+def resolve(name: str, zoo: str | None = None) -> Resolved:
+    """What ``name`` is: a registered variant first, then a timm model, then a torchvision one.
+
+    Raises:
+        UnknownModelError: for a name no zoo knows.
+    """
+    zoos = [zoo] if zoo else list(ZOOS)
+    for z in zoos:
+        if (z, name) in _VARIANTS:
+            return Resolved(name, get_zoo(z), _VARIANTS[(z, name)])
+    for z in zoos:
+        if get_zoo(z).is_model(name):
+            return Resolved(name, get_zoo(z))
+    if "_op_" in name:
+        get_variant(name, zoo)  # raises, naming variants of the same base
+    where = f"a {zoo}" if zoo else "an op variant, a timm or a torchvision"
+    raise UnknownModelError(f"unknown model {name!r}: not {where} model; see `overparam-zoo list`")
+
+
 def create_model(name: str, zoo: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered variant from either zoo (timm's ``create_model`` arguments for timm
-    variants, torchvision's ``get_model`` arguments for torchvision ones)."""
-    variant = get_variant(name, zoo)
-    if variant.zoo == "timm":
-        return _timm_builder(variant)(**kwargs)
-    return _torchvision_builder(variant)(**kwargs)
+    """Build a variant or a stock model by name, exactly as its zoo would.
+
+    A registered timm variant goes through ``timm.create_model(name, **kwargs)`` itself (so
+    ``checkpoint_path``, ``pretrained_cfg_overlay``, ... behave as in timm); a torchvision one
+    through its ``get_model`` arguments.
+
+    Raises:
+        UnknownModelError: for a name no zoo knows.
+    """
+    found = resolve(name, zoo)
+    if found.variant is not None and (found.zoo.name, name) not in _REGISTERED:
+        return _builder(found.variant)(**kwargs)
+    return found.zoo.build(name, **kwargs)
+
+
+def build_base(variant: Variant, **kwargs: Any) -> nn.Module:
+    """The unmodified base architecture of ``variant``, built with ``kwargs``."""
+    return get_zoo(variant.zoo).build(variant.base, **kwargs)
 
 
 def check_variant(variant: Variant) -> None:

@@ -1,31 +1,39 @@
 """torch.fx settings for op models: chains are leaf modules (their forward branches on the
-mode and a weight cache, which symbolic tracing cannot follow)."""
+mode and a weight cache, which symbolic tracing cannot follow), and timm's own no-trace
+modules and functions apply to every fx trace the core makes (the BN-bias fold)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from overparam import OverparamChain, OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
+from overparam import OverparamChain
+from overparam.fold import register_trace_options
 
-__all__ = ["register_with_timm_fx", "timm_trace_options"]
-
-_CHAIN_CLASSES = (OverparamChain, OverparamLinear, OverparamConv1d, OverparamConv2d, OverparamConv3d)
-
-
-def register_with_timm_fx() -> None:
-    """Make timm's fx feature extraction (``features_only`` with fx, ``create_feature_extractor``)
-    treat every chain class as a leaf."""
-    from timm.layers import register_notrace_module
-
-    from .converters import OverparamConv2dSame, OverparamTimmLinear
-
-    for cls in (*_CHAIN_CLASSES, OverparamConv2dSame, OverparamTimmLinear):
-        register_notrace_module(cls)
+__all__ = ["register_tracing", "timm_trace_options"]
 
 
 def timm_trace_options() -> dict[str, Any]:
-    """``trace_options`` for :func:`overparam.collapse` on timm models (timm's leaf modules and
-    wrapped functions)."""
+    """timm's leaf modules and wrapped functions, as the core's fx trace takes them."""
     from timm.layers import get_notrace_functions, get_notrace_modules
 
     return {"leaf_modules": tuple(get_notrace_modules()), "autowrap_functions": tuple(get_notrace_functions())}
+
+
+def _chain_classes(cls: type = OverparamChain) -> Iterator[type]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _chain_classes(sub)
+
+
+def register_tracing() -> None:
+    """Make timm's fx feature extraction (``features_only`` with fx, ``create_feature_extractor``)
+    treat every chain class as a leaf (timm matches classes exactly), and the core's traces
+    honour timm's no-trace lists. Idempotent."""
+    from timm.layers import register_notrace_module
+
+    from . import converters  # noqa: F401 - defines the chain classes for timm's layer types
+
+    for cls in _chain_classes():
+        register_notrace_module(cls)
+    register_trace_options(timm_trace_options)

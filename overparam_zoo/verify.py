@@ -1,4 +1,7 @@
-"""Verification of a collapse: per layer and for the whole model, in float64."""
+"""Measuring a collapse: per layer and for the whole model, on a seeded probe input.
+
+Export records the model-level error in its provenance; ``overparam-zoo verify`` prints both.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from overparam import OverparamChain
+from overparam import OverparamChain, collapsed_state_dict
 
-from .export import collapse_error, probe_input, probe_shape, relative_difference
+from .errors import ExportError
 from .recipe import Variant
-from .registry import build_base
+from .registry import build_base, get_variant
+from .zoos import get_zoo
 
-__all__ = ["LayerCheck", "VerifyReport", "verify_collapse"]
+__all__ = [
+    "LayerCheck",
+    "VerifyReport",
+    "verify_collapse",
+    "variant_of",
+    "collapse_error",
+    "probe_input",
+    "probe_shape",
+    "relative_difference",
+]
 
 
 @dataclass
@@ -34,6 +47,44 @@ class VerifyReport:
     @property
     def max_layer_error(self) -> float:
         return max((c.error for c in self.layers), default=0.0)
+
+
+def variant_of(model: nn.Module) -> tuple[Variant, dict[str, Any]]:
+    """The variant an op model was built from, and the kwargs its base was built with.
+
+    Raises:
+        ExportError: for a model that ``overparam_zoo`` did not build.
+    """
+    info = getattr(model, "overparam_zoo", None)
+    if not isinstance(info, dict) or "variant" not in info:
+        raise ExportError(
+            "the model is not an op variant built by overparam_zoo, so there is nothing to collapse "
+            "(for an op model built by hand, pass variant=NAME)"
+        )
+    return get_variant(info["variant"], info["zoo"]), dict(info.get("model_args", {}))
+
+
+def probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
+    """The input size (without batch) the collapse is checked on: the model's own input size."""
+    return get_zoo(variant.zoo).input_size(stock)
+
+
+def probe_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A seeded batch of two, so every check of the same model sees the same input."""
+    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute difference, relative to the largest magnitude of ``b``."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
+    """Output difference between ``model`` (eval, in ``x``'s dtype) and its collapsed stock model."""
+    stock = build_base(variant, **args).to(x.dtype).eval()
+    stock.load_state_dict(collapsed_state_dict(model), strict=True)
+    with torch.no_grad():
+        return relative_difference(stock(x), model(x))
 
 
 def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, Any]) -> VerifyReport:

@@ -1,29 +1,90 @@
-import pytest
-import torch
+"""Session settings and fixtures that keep tests independent of each other and of the machine.
 
-from overparam import OverparamChain
+- One intra-op thread for the whole session (and its subprocesses): torch's default of one
+  thread per core oversubscribes as soon as anything else runs.
+- Third-party ``overparam_zoo`` plugins installed on the machine are disabled; tests that
+  exercise entry points enable them in their own subprocesses.
+- Registrations (timm's and torchvision's registries, the variant table, plugins, timm's
+  ``CheckpointSaver`` hook) made by a test are undone after it.
+"""
 
+import copy
+import os
 
-def randomize_(layer: OverparamChain, seed: int = 0) -> OverparamChain:
-    """Give biases and BN statistics non-trivial values so the collapse is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for f in layer.factors:
-            if f.bias is not None:
-                f.bias.copy_(torch.randn(f.bias.shape, generator=g, dtype=f.bias.dtype))
-        if layer.norms is not None:
-            for bn in layer.norms:
-                bn.weight.copy_(torch.rand(bn.weight.shape, generator=g, dtype=bn.weight.dtype) + 0.5)
-                bn.bias.copy_(torch.randn(bn.bias.shape, generator=g, dtype=bn.bias.dtype))
-                bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g, dtype=bn.running_mean.dtype))
-                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g, dtype=bn.running_var.dtype) + 0.5)
-    return layer
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["OVERPARAM_ZOO_DISABLE_PLUGINS"] = "1"  # before anything imports overparam_zoo
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _snapshot(namespace: dict, names: list[str]) -> dict:
+    return {name: copy.deepcopy(namespace[name]) for name in names}
+
+
+def _restore(namespace: dict, saved: dict) -> None:
+    for name, value in saved.items():
+        current = namespace[name]
+        current.clear()
+        current.update(value)
+
+
+@pytest.fixture
+def isolated_registries():
+    """Undo every model registration the test makes: timm's registry, torchvision's, and
+    overparam_zoo's variant table."""
+    import timm.models._registry as timm_registry
+    from torchvision.models import _api
+
+    from overparam_zoo import op_models, registry
+
+    timm_names = [k for k, v in vars(timm_registry).items() if isinstance(v, (dict, set)) and k.startswith("_m")]
+    timm_saved = _snapshot(vars(timm_registry), timm_names)
+    zoo_saved = _snapshot(vars(registry), ["_VARIANTS", "_REGISTERED"])
+    cfgs_saved = dict(op_models.default_cfgs)
+    tv_saved = dict(_api.BUILTIN_MODELS)
+    yield
+    _restore(vars(timm_registry), timm_saved)
+    _restore(vars(registry), zoo_saved)
+    op_models.default_cfgs.clear()
+    op_models.default_cfgs.update(cfgs_saved)
+    _api.BUILTIN_MODELS.clear()
+    _api.BUILTIN_MODELS.update(tv_saved)
+
+
+@pytest.fixture
+def register_plugin(isolated_registries):
+    """``register_plugin(obj)`` adds a plugin for this test only (its registrations too)."""
+    from overparam_zoo import get_plugin_manager
+
+    pm = get_plugin_manager()
+    added = []
+
+    def register(plugin, name=None):
+        pm.register(plugin, name=name)
+        added.append(plugin)
+        return plugin
+
+    yield register
+    for plugin in added:
+        pm.unregister(plugin)
+
+
+@pytest.fixture
+def checkpoint_saver_hook():
+    """timm's ``CheckpointSaver`` exporting on save (what ``export_on_save`` installs), for this test only."""
+    from timm.utils import CheckpointSaver
+
+    from overparam_zoo.save_hooks import install_checkpoint_saver_hook
+
+    original = CheckpointSaver.__dict__["save_checkpoint"]
+    install_checkpoint_saver_hook()
+    yield
+    CheckpointSaver.save_checkpoint = original

@@ -8,7 +8,7 @@ import torch
 from overparam import OverparamConv2d, OverparamLinear
 from overparam.plan import make_plan
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 INTERVALS = [1, 2, 4, -1, [1, 2], [2, -1], [1, 2, 3]]
 RESIDUAL = [(False, 2)] + [(True, n) for n in INTERVALS]

@@ -19,7 +19,7 @@ from torch import nn
 import overparam_zoo  # noqa: F401  (registers resnet18_op_d2 etc. and chains as timm fx leaves)
 from overparam import OverparamChain, collapse, collapsed_state_dict, overparameterize
 
-from .conftest import relative_error
+from .helpers import relative_error
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ from torch import nn
 
 from overparam import OverparamChain, collapse, collapsed_state_dict, convert_model, from_stock, overparameterize
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 MODELS = [
     ("torchvision", "alexnet", 96),

@@ -19,7 +19,7 @@ from overparam.cost import (
     prefer_composed,
 )
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 # outer (out, hidden/g, *k), inner (hidden, in/g, *k), groups: every branch of compose_kernels
 PRODUCTS = {

@@ -14,7 +14,7 @@ from overparam import (
     overparameterize,
 )
 
-from .conftest import relative_error
+from .helpers import relative_error
 
 
 @pytest.mark.parametrize(

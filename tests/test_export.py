@@ -15,10 +15,9 @@ from overparam import OverparamChain
 from overparam_zoo import hookimpl
 from overparam_zoo.cli import main
 from overparam_zoo.export import ExportError, export_collapsed
-from overparam_zoo.export_on_save import ExportOnSave
-from overparam_zoo.plugins import get_plugin_manager
+from overparam_zoo.save_hooks import ExportOnSave
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -168,7 +167,7 @@ def test_safetensors_and_plain_state_dict_inputs_and_force(tmp_path):
         export_collapsed(model, out)
 
 
-def test_interrupted_export_leaves_nothing(tmp_path):
+def test_interrupted_export_leaves_nothing(tmp_path, register_plugin):
     model = trained("resnet18_op_d2", num_classes=3)
 
     class Boom:
@@ -177,18 +176,13 @@ def test_interrupted_export_leaves_nothing(tmp_path):
             assert (out_dir / "model.safetensors").is_file()
             raise KeyboardInterrupt
 
-    pm = get_plugin_manager()
-    plugin = Boom()
-    pm.register(plugin)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            export_collapsed(model, tmp_path / "out")
-    finally:
-        pm.unregister(plugin)
+    register_plugin(Boom())
+    with pytest.raises(KeyboardInterrupt):
+        export_collapsed(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_hook_adds_outputs_and_callback(tmp_path):
+def test_export_hook_adds_outputs_and_callback(tmp_path, register_plugin):
     model = trained("mobilenetv3_small_100_op_d2", num_classes=3)
 
     class Extra:
@@ -198,13 +192,8 @@ def test_export_hook_adds_outputs_and_callback(tmp_path):
             path.write_text(str(config["num_classes"]))
             return [path]
 
-    pm = get_plugin_manager()
-    plugin = Extra()
-    pm.register(plugin)
-    try:
-        result = ExportOnSave(tmp_path)(model, "best")
-    finally:
-        pm.unregister(plugin)
+    register_plugin(Extra())
+    result = ExportOnSave(tmp_path)(model, "best")
     assert result.extra_files == [tmp_path / "collapsed-best" / "labels.txt"]
     assert (tmp_path / "collapsed-best" / "labels.txt").read_text() == "3"
     stock = timm.create_model("local-dir:" + str(tmp_path / "collapsed-best"), pretrained=True).eval()
@@ -212,10 +201,8 @@ def test_export_hook_adds_outputs_and_callback(tmp_path):
         assert relative_error(stock(X), model(X)) < 1e-5
 
 
-def test_checkpoint_saver_hook_exports_on_save(tmp_path):
+def test_checkpoint_saver_hook_exports_on_save(tmp_path, checkpoint_saver_hook):
     from timm.utils import CheckpointSaver, ModelEmaV3
-
-    import overparam_zoo.export_on_save  # noqa: F401 - the opt-in
 
     model = trained("resnet18_op_d2", num_classes=3)
     ema = ModelEmaV3(model)

@@ -9,7 +9,7 @@ from torch import nn
 
 from overparam import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 
 def exact(layer, x, tol=1e-10):

@@ -6,7 +6,7 @@ import torch
 from overparam import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
 from overparam.cost import composed_macs, expanded_macs, prefer_composed
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 LAYERS = [
     (lambda: OverparamLinear(6, 5, depth=3, width=2), (4, 3, 6)),

@@ -13,6 +13,8 @@ from overparam_zoo import get_plugin_manager, hookimpl
 from overparam_zoo.plugins import DISABLE_ENV, reset_plugin_manager
 from overparam_zoo.registry import converters, register_all
 
+from .helpers import randomize_, relative_error
+
 RECIPE = """
 zoo: timm
 bases: [resnet18]
@@ -30,7 +32,7 @@ class Doubled(nn.Conv2d):
         return 2 * super().forward(x)
 
 
-def test_plugin_registered_by_hand_contributes_recipes_and_converters(tmp_path):
+def test_plugin_registered_by_hand_contributes_recipes_and_converters(tmp_path, register_plugin):
     (tmp_path / "extra.yaml").write_text(RECIPE)
 
     class Plugin:
@@ -42,15 +44,10 @@ def test_plugin_registered_by_hand_contributes_recipes_and_converters(tmp_path):
         def overparam_zoo_converters(self):
             return {Doubled: lambda module, **options: (_ for _ in ()).throw(NotImplementedError("doubled stays"))}
 
-    pm = get_plugin_manager()
-    plugin = Plugin()
-    pm.register(plugin, name="test-plugin")
-    try:
-        assert "resnet18_op_d3_plugintest" in register_all()
-        assert timm.create_model("resnet18_op_d3_plugintest").conv1.depth == 3
-        assert Doubled in converters()
-    finally:
-        pm.unregister(plugin)
+    register_plugin(Plugin(), name="test-plugin")
+    assert "resnet18_op_d3_plugintest" in register_all()
+    assert timm.create_model("resnet18_op_d3_plugintest").conv1.depth == 3
+    assert Doubled in converters()
 
 
 DIST = """\
@@ -71,7 +68,8 @@ def _write_dist(site, module_source, name="opz_test_plugin"):
 def _run(code, site, env_extra=None):
     import os
 
-    env = {**os.environ, "PYTHONPATH": str(site), **(env_extra or {})}
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}  # the session disables plugins
+    env = {**env, "PYTHONPATH": str(site), **(env_extra or {})}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -128,8 +126,6 @@ def test_conv2d_same_converter_is_exact(dtype):
 
     from overparam_zoo.converters import OverparamConv2dSame
     from overparam_zoo.registry import converters as all_converters
-
-    from .conftest import randomize_, relative_error
 
     model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), timm.layers.Linear(5, 5))
     from overparam import convert_model

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from overparam import OverparamConv1d, OverparamConv2d
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 
 @st.composite

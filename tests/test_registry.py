@@ -13,7 +13,7 @@ from overparam import OverparamChain
 from overparam_zoo import collapsed_state_dict, create_model, get_variant, list_variants
 from overparam_zoo.registry import check_variant
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 TIMM = list_variants(zoo="timm")
 TORCHVISION = list_variants(zoo="torchvision")
@@ -172,7 +172,7 @@ def test_reimport_registers_nothing_twice():
     assert timm.list_models("*_op_*") == before
 
 
-def test_collision_with_a_native_model_is_refused_with_a_warning(tmp_path):
+def test_collision_with_a_native_model_is_refused_with_a_warning(tmp_path, isolated_registries):
     from timm.models import register_model
 
     from overparam_zoo import load_recipe, register_recipe
@@ -188,7 +188,7 @@ def test_collision_with_a_native_model_is_refused_with_a_warning(tmp_path):
     assert not any(isinstance(m, OverparamChain) for m in timm.create_model("resnet18_op_d7").modules())
 
 
-def test_changed_torchvision_registry_api_gives_a_clear_warning(tmp_path, monkeypatch):
+def test_changed_torchvision_registry_api_gives_a_clear_warning(tmp_path, monkeypatch, isolated_registries):
     from torchvision.models import _api
 
     from overparam_zoo import load_recipe, register_recipe

@@ -24,7 +24,7 @@ from overparam_zoo.export import export_collapsed
 from overparam_zoo.metadata import ExportMetadata, MetadataWarning, read_summary
 from overparam_zoo.publish import push_export, validate_export
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 CLASSES = ["cat", "dog", "fox", "owl"]
@@ -351,7 +351,7 @@ def test_push_validation_names_the_problem(train_run, tmp_path, offline_hub, cap
         (
             broken("other", other_weights),
             "someone/x",
-            r"does not load into resnet18\(num_classes=4\): fc.weight is \(5, 512\), expected \(4, 512\)",
+            r"does not load into resnet18\(num_classes=4\): 2 shape mismatches \(e.g. fc.weight: \(5, 512\) given",
         ),
         (good, "no-owner", "expected OWNER/NAME"),
         (good, "some one/x", "repo id 'some one/x'"),
@@ -423,10 +423,8 @@ def test_torchvision_export_card_and_validation(tmp_path, offline_hub):
     assert [p.name for p in validate_export(tmp_path / "tv")] == ["README.md", "config.json", "model.safetensors"]
 
 
-def test_checkpoint_saver_exports_carry_the_run(tmp_path):
+def test_checkpoint_saver_exports_carry_the_run(tmp_path, checkpoint_saver_hook):
     from timm.utils import CheckpointSaver
-
-    import overparam_zoo.export_on_save  # noqa: F401 - the opt-in
 
     model = trained("resnet18_op_d2", num_classes=3)
     args = train_py_args(model="resnet18_op_d2", num_classes=3, img_size=40, interpolation="bilinear", epochs=3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 __all__ = ["register", "run"]
 
@@ -25,21 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overparam_zoo.errors import DataError
+
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        print("overparam-zoo demo needs scikit-learn: pip install 'overparam-zoo[demo]'", file=sys.stderr)
-        return 1
+        raise DataError("the demo needs scikit-learn: pip install 'overparam-zoo[demo]'") from None
     from overparam_zoo.demo import format_table, run_demo
-    from overparam_zoo.export import ExportError
 
-    try:
-        result = run_demo(
-            args.model, epochs=args.epochs, out=args.out, seed=args.seed, size=args.size, force=args.force
-        )
-    except (ExportError, KeyError) as err:
-        print(f"overparam-zoo demo: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 1
+    result = run_demo(args.model, epochs=args.epochs, out=args.out, seed=args.seed, size=args.size, force=args.force)
     print(format_table(result.rows))
     print(
         f"export: {result.export_dir} (loads with plain timm: "

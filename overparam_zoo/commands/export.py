@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 import warnings
+from pathlib import Path
 
 from overparam_zoo.commands.push import add_hub_arguments
 
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a training checkpoint as a standard (collapsed) timm/torchvision checkpoint",
         description="Reads a timm train.py checkpoint (state_dict_ema preferred), a plain state dict or a "
         "safetensors file of an op variant, collapses it and writes DIR/model.safetensors + DIR/config.json "
-        "that load into the base architecture with no plugin.",
+        "that load into the base architecture with no plugin, and a DIR/README.md model card.",
     )
     parser.add_argument("checkpoint")
     parser.add_argument("--out", required=True, help="output folder (must be empty or absent)")
@@ -71,36 +72,26 @@ def _metadata(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from overparam_zoo.checkpoint import CheckpointError, load_model
-    from overparam_zoo.errors import PublishError
-    from overparam_zoo.export import ExportError, check_out_dir, export_collapsed
+    from overparam_zoo.export import check_out_dir, export_collapsed
+    from overparam_zoo.loading import load_model
     from overparam_zoo.metadata import MetadataWarning
     from overparam_zoo.publish import hub_token, push_export, validate_repo_id
 
-    bar = tqdm(total=5, desc="export", file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} {postfix}")
+    check_out_dir(Path(args.out), args.force)
+    if args.push_to_hub:  # fail before the export on what can be checked offline
+        validate_repo_id(args.push_to_hub)
+        hub_token()
+    with tqdm(total=5, desc="export", file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} {postfix}") as bar:
 
-    def step(message: str) -> None:
-        bar.set_postfix_str(message)
-        bar.update(1)
+        def step(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
 
-    try:
-        from pathlib import Path
-
-        check_out_dir(Path(args.out), args.force)
-        if args.push_to_hub:  # before the export: fail early on what can be checked offline
-            validate_repo_id(args.push_to_hub)
-            hub_token()
         step("reading checkpoint")
         model, name = load_model(args.checkpoint, model=args.model, use_ema=not args.no_ema)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MetadataWarning)
-            metadata = _metadata(args)
-            result = export_collapsed(model, args.out, force=args.force, progress=step, metadata=metadata)
-    except (CheckpointError, ExportError, PublishError, ValueError) as err:
-        bar.close()
-        print(f"overparam-zoo export: error: {err}", file=sys.stderr)
-        return 1
-    bar.close()
+            result = export_collapsed(model, args.out, force=args.force, progress=step, metadata=_metadata(args))
     for warning in caught:
         print(f"overparam-zoo export: warning: {warning.message}", file=sys.stderr)
     print(

@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overparam_zoo.errors import UnknownModelError
     from overparam_zoo.registry import get_variant, list_variants
 
     names = list_variants(args.pattern, args.zoo)
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             try:
                 variant = get_variant(name, zoo)
-            except KeyError:
+            except UnknownModelError:  # registered in the other zoo only
                 continue
             print(f"{name:36s} {zoo:12s} base={variant.base:24s} recipe={variant.recipe.path.name}")
     if not names:

@@ -21,8 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _stock_params(chain: OverparamChain) -> int:
     plan = chain.plan
-    weight = plan.out_channels * plan.in_channels // plan.groups * math.prod(plan.kernel_size)
-    return weight + (plan.out_channels if plan.bias else 0)
+    return math.prod(plan.weight_shape) + (plan.out_channels if plan.bias else 0)
 
 
 def layer_plan(model: nn.Module, report) -> list[dict[str, str]]:
@@ -59,11 +58,7 @@ def layer_plan(model: nn.Module, report) -> list[dict[str, str]]:
 def run(args: argparse.Namespace) -> int:
     from overparam_zoo.registry import apply_variant, build_base, get_variant
 
-    try:
-        variant = get_variant(args.name, args.zoo)
-    except KeyError as err:
-        print(f"overparam-zoo show: {err.args[0]}")
-        return 2
+    variant = get_variant(args.name, args.zoo)
     model = build_base(variant)
     report = apply_variant(model, variant)
     rows = layer_plan(model, report)

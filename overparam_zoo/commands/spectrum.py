@@ -13,26 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from overparam.analysis import LayerSpectrum, spectrum
+from overparam_zoo.errors import AnalysisError
 
-__all__ = ["register", "run", "load_model", "SpectrumError"]
+__all__ = ["register", "run", "format_table", "plot_spectrum"]
 
 _PLOT_HINT = "pip install overparam-zoo[plot]"
-
-
-class SpectrumError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``spectrum`` subcommand.
@@ -55,56 +46,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the per-layer table and write the optional plot and JSON; returns the exit code."""
+    from overparam_zoo.files import atomic_write
+    from overparam_zoo.loading import load_model
+
+    if args.plot:
+        _import_matplotlib()
+    model, architecture = load_model(args.source, model=args.model)
     try:
-        if args.plot:
-            _import_matplotlib()
-        model, architecture = load_model(args.source, args.model)
-        try:
-            layers = spectrum(model)
-        except ValueError as err:
-            raise SpectrumError(f"{architecture}: {err}") from None
-        if not layers:
-            raise SpectrumError(f"{architecture} has no Linear/Conv layers to measure")
-        title = architecture if args.source == architecture else f"{args.source} ({architecture})"
-        print(format_table(layers, title=title))
-        if args.json:
-            payload = {
-                "source": str(args.source),
-                "architecture": architecture,
-                "layers": [layer.to_dict() for layer in layers],
-            }
-            _atomic_write(args.json, lambda path: Path(path).write_text(json.dumps(payload, indent=1) + "\n"))
-            print(f"wrote {args.json}")
-        if args.plot:
-            _atomic_write(args.plot, lambda path: plot_spectrum(layers, path, title=title))
-            print(f"wrote {args.plot}")
-    except SpectrumError as err:
-        print(f"overparam-zoo spectrum: error: {err}", file=sys.stderr)
-        return 1
+        layers = spectrum(model)
+    except ValueError as err:
+        raise AnalysisError(f"{architecture}: {err}") from None
+    if not layers:
+        raise AnalysisError(f"{architecture} has no Linear/Conv layers to measure")
+    title = architecture if args.source == architecture else f"{args.source} ({architecture})"
+    print(format_table(layers, title=title))
+    if args.json:
+        payload = {"source": str(args.source), "architecture": architecture, "layers": [x.to_dict() for x in layers]}
+        atomic_write(args.json, lambda path: Path(path).write_text(json.dumps(payload, indent=1) + "\n"))
+        print(f"wrote {args.json}")
+    if args.plot:
+        atomic_write(args.plot, lambda path: plot_spectrum(layers, path, title=title))
+        print(f"wrote {args.plot}")
     return 0
-
-
-# ---------------------------------------------------------------------- loading
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def load_model(source: str, model_name: str | None = None) -> tuple[nn.Module, str]:
-    """The model to measure, in eval mode, and its architecture name
-    (see :func:`overparam_zoo.checkpoint.load_model`).
-
-    Raises:
-        SpectrumError: unknown model, missing or unreadable file, or a state dict that does
-            not fit the architecture.
-    """
-    from overparam_zoo.checkpoint import CheckpointError
-    from overparam_zoo.checkpoint import load_model as load
-
-    try:
-        return load(source, model=model_name)
-    except CheckpointError as err:
-        raise SpectrumError(str(err)) from None
 
 
 # ---------------------------------------------------------------------- output
@@ -132,7 +95,7 @@ def _import_matplotlib() -> Any:
         import matplotlib  # noqa: F401
         from matplotlib.figure import Figure
     except ImportError:
-        raise SpectrumError(f"--plot needs matplotlib, which is not installed: {_PLOT_HINT}") from None
+        raise AnalysisError(f"--plot needs matplotlib, which is not installed: {_PLOT_HINT}") from None
     return Figure
 
 
@@ -175,34 +138,3 @@ def plot_spectrum(layers: list[LayerSpectrum], path: str, title: str = "") -> No
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=100)
-
-
-def _atomic_write(target: str, write: Callable[[str], object]) -> None:
-    """Write ``target`` through a temporary file in the same folder, then ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(target))
-    suffix = os.path.splitext(target)[1]
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    except OSError as err:
-        raise SpectrumError(f"cannot write {target}: {_first_line(err)}") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        write(tmp)
-        os.replace(tmp, target)
-    except SpectrumError:
-        _remove(tmp)
-        raise
-    except Exception as err:  # noqa: BLE001
-        _remove(tmp)
-        raise SpectrumError(f"cannot write {target}: {_first_line(err)}") from None
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass

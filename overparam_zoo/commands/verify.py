@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 __all__ = ["register", "run"]
 
@@ -19,23 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.checkpoint import CheckpointError, load_model
-    from overparam_zoo.export import ExportError, variant_of
-    from overparam_zoo.registry import create_model, get_variant
-    from overparam_zoo.verify import verify_collapse
+    from overparam_zoo.loading import load_model
+    from overparam_zoo.verify import variant_of, verify_collapse
 
-    try:
-        if Path(args.target).exists():
-            model, _ = load_model(args.target, model=args.model, use_ema=not args.no_ema)
-        else:
-            get_variant(args.target)
-            model = create_model(args.target).eval()
-        variant, model_args = variant_of(model)
-        report = verify_collapse(model, variant, model_args)
-    except (CheckpointError, ExportError, KeyError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) else err
-        print(f"overparam-zoo verify: error: {message}", file=sys.stderr)
-        return 1
+    model, _ = load_model(args.target, model=args.model, use_ema=not args.no_ema)
+    variant, model_args = variant_of(model)
+    report = verify_collapse(model, variant, model_args)
     width = max([len("layer")] + [len(c.path) for c in report.layers])
     print(f"{'layer':{width}s}  {'kind':18s}  collapse error (float64)")
     for c in report.layers:
