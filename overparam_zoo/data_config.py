@@ -56,7 +56,8 @@ def resolve_training_data_config(model: nn.Module, args: Mapping[str, Any]) -> d
     try:
         config = _resolver()(model, args=dict(args))
     except (ValueError, AssertionError) as err:
-        raise ExportError(f"preprocessing does not fit {type(model).__name__}: {err or 'bad value'}") from err
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+        raise ExportError(f"preprocessing does not fit {name}: {err or 'bad value'}") from err
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in DATA_KEYS}
 
 
@@ -79,7 +80,8 @@ def exported_pretrained_cfg(model: nn.Module, metadata: ExportMetadata | None) -
         if kept:
             warnings.warn(
                 "no training arguments (a timm train.py checkpoint has them): the export keeps the base's "
-                f"preprocessing {_describe(kept)}; set it with --input-size/--mean/--std/--interpolation/--crop-pct/--crop-mode",
+                f"preprocessing {_describe(kept)}; set it with --input-size, --mean, --std, --interpolation, "
+                "--crop-pct, --crop-mode (ExportMetadata(data_config=...) in Python)",
                 MetadataWarning,
                 stacklevel=4,  # the caller of export_collapsed
             )
