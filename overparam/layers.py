@@ -18,7 +18,15 @@ from .plan import make_plan
 __all__ = ["OverparamLinear", "OverparamConv1d", "OverparamConv2d", "OverparamConv3d"]
 
 
-class OverparamLinear(OverparamChain):
+class _OverparamLayer(OverparamChain):
+    """What the public layers share: factors drawn at the stock layer's default scale."""
+
+    def reset_parameters(self) -> None:
+        """Factors drawn so the effective weight matches ``nn.Linear``/``nn.ConvNd``'s default scale."""
+        init_chain_(self)
+
+
+class OverparamLinear(_OverparamLayer):
     """A ``nn.Linear`` trained as a chain of ``depth`` linear layers.
 
     Works on inputs with any leading dims. In ``eval()`` it runs as one ``F.linear`` with
@@ -49,9 +57,7 @@ class OverparamLinear(OverparamChain):
         device=None,
         dtype=None,
     ) -> None:
-        options = ChainOptions(
-            depth=depth, width=width, batch_norm=batch_norm, residual=residual, residual_intervals=residual_intervals
-        )
+        options = ChainOptions(depth, width, batch_norm, residual, residual_intervals)
         plan = make_plan(in_features, out_features, ndim=0, options=options, bias=bias)
         super().__init__(plan, device=device, dtype=dtype)
         self.in_features = in_features
@@ -59,15 +65,11 @@ class OverparamLinear(OverparamChain):
         self.width = width
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Factors drawn so the effective weight matches ``nn.Linear``'s default scale."""
-        init_chain_(self)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
 
 
-class _OverparamConvNd(OverparamChain):
+class _OverparamConvNd(_OverparamLayer):
     _ndim: int
 
     def __init__(
@@ -90,14 +92,7 @@ class _OverparamConvNd(OverparamChain):
         device=None,
         dtype=None,
     ) -> None:
-        options = ChainOptions(
-            depth=depth,
-            width=width,
-            batch_norm=batch_norm,
-            residual=residual,
-            residual_intervals=residual_intervals,
-            kernel_sizes=kernel_sizes,
-        )
+        options = ChainOptions(depth, width, batch_norm, residual, residual_intervals, kernel_sizes)
         plan = make_plan(
             in_channels,
             out_channels,
@@ -122,10 +117,6 @@ class _OverparamConvNd(OverparamChain):
         self.padding_mode = padding_mode
         self.width = width
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Factors drawn so the effective weight matches ``nn.ConvNd``'s default scale."""
-        init_chain_(self)
 
     def extra_repr(self) -> str:
         factors = [k[0] if len(set(k)) == 1 else k for k in self.kernel_sizes]

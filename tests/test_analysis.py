@@ -116,17 +116,7 @@ def test_bad_inputs():
         effective_rank(torch.tensor([[1.0, float("nan")]]))
 
 
-@pytest.fixture
-def one_thread():
-    """SVDs of a few hundred rows gain little from threads, and oversubscribed CI runners
-    (several jobs on 2 cores) make OpenMP's barriers cost seconds; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_spectrum_of_op_model_equals_spectrum_of_its_collapse(one_thread):
+def test_spectrum_of_op_model_equals_spectrum_of_its_collapse():
     torchvision = pytest.importorskip("torchvision")
     model = overparameterize(torchvision.models.resnet18(num_classes=10), depth=2).eval()
     op = spectrum(model)

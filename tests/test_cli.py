@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+import sysconfig
 import textwrap
+from pathlib import Path
 
 from overparam_zoo.cli import main
 
@@ -36,7 +38,9 @@ def test_list_and_show(capsys):
     out = capsys.readouterr().out
     assert "layer1.0.conv1" in out and "[3x3 1x1]" in out
     assert "parameters after collapse: 11,689,512" in out
-    assert main(["show", "nope"]) == 2
+    assert main(["show", "nope"]) == 1  # one line on stderr, like every command's errors
+    err = capsys.readouterr().err
+    assert err.startswith("overparam-zoo show: error: unknown op variant 'nope'") and err.count("\n") == 1
 
 
 def test_device_modules_loop_with_only_timm(tmp_path):
@@ -73,7 +77,11 @@ def test_run_launcher_passes_argv_and_exit_code(tmp_path):
 
 
 def test_console_script_help():
-    result = subprocess.run(["overparam-zoo", "--help"], capture_output=True, text=True, timeout=300)
+    """The installed console script, found beside this interpreter (not through PATH)."""
+    folders = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
+    script = next((f / "overparam-zoo" for f in folders if (f / "overparam-zoo").is_file()), None)
+    assert script is not None, f"no overparam-zoo script in {folders}; install the package (pip install -e .)"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0
     for command in ("list", "show", "run", "export", "verify", "spectrum"):
         assert command in result.stdout

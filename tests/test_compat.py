@@ -22,16 +22,6 @@ from overparam import OverparamChain, collapse, collapsed_state_dict, overparame
 from .helpers import relative_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs gain nothing from intra-op threads, and on a busy CI machine OpenMP
-    spin-waiting makes 2 threads many times slower than 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def op_resnet18(batch_norm: bool = False) -> nn.Module:
     return overparameterize(timm.create_model("resnet18", num_classes=10), depth=2, batch_norm=batch_norm)
 
