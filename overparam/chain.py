@@ -8,7 +8,8 @@ whenever a factor or BN tensor changes. Both paths compute the same function.
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,22 @@ class OverparamChain(nn.Module):
     """
 
     plan: ChainPlan
+    #: ``None``, or why the layer has no factor-by-factor form (its function transforms the
+    #: effective weight non-linearly, see :meth:`_transform_weight`): such a chain trains
+    #: composed only and refuses options that need the expanded path (batch norm)
+    composed_only: ClassVar[str | None] = None
+    #: state-dict key prefixes (relative to the chain) of the tensors that collapse into the
+    #: stock weight and bias; any other tensor of a chain (a ScaledStdConv2d's gain) is the
+    #: stock layer's own and is kept as it is by collapse and expansion
+    COLLAPSED_PREFIXES: ClassVar[tuple[str, ...]] = ("factors.", "norms.")
 
     def __init__(self, plan: ChainPlan, *, device=None, dtype=None) -> None:
         super().__init__()
+        if self.composed_only is not None and plan.batch_norm:
+            raise ValueError(
+                f"batch_norm=True is impossible for {type(self).__name__}: {self.composed_only}, and batch norm "
+                f"inside the chain needs the expanded path in training (batch statistics of the intermediate maps)"
+            )
         self.plan = plan
         factory = {"device": device, "dtype": dtype}
         factors = []
@@ -67,7 +81,7 @@ class OverparamChain(nn.Module):
             self.norms = nn.ModuleList(bn(c, **factory) for c in plan.channels[1:])
         else:
             self.norms = None
-        self._train_path: TrainPath = "auto"
+        self._train_path: TrainPath = "auto" if self.composed_only is None else "composed"
         self._path_by_shape: dict[tuple[int, ...], bool] = {}
         self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
 
@@ -89,6 +103,10 @@ class OverparamChain(nn.Module):
     def train_path(self, value: TrainPath) -> None:
         if value not in ("auto", "expanded", "composed"):
             raise ValueError(f"train_path must be 'auto', 'expanded' or 'composed', got {value!r}")
+        if self.composed_only is not None:
+            if value == "expanded":
+                raise ValueError(f"train_path='expanded' is impossible: {self.composed_only}")
+            value = "composed"
         if value == "composed" and self.plan.batch_norm:
             raise ValueError(
                 "train_path='composed' is impossible with batch_norm=True: batch statistics "
@@ -190,8 +208,37 @@ class OverparamChain(nn.Module):
             x, padding = self._pad(x), 0
         return _CONV_FUNCTIONS[plan.ndim](x, weight, bias, plan.stride, padding, plan.dilation, plan.groups)
 
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        """The input as the chain's first factor sees it, before the plan's padding.
+
+        The identity here; a subclass whose stock layer transforms its input first (timm's
+        dynamic TensorFlow "same" padding) overrides it. Every path (training expanded or
+        composed, eval, ``expanded_forward``, ``composed_forward``) calls it exactly once.
+        """
+        return x
+
+    def _transform_weight(self, weight: Tensor) -> Tensor:
+        """The weight the layer's function convolves with, given the effective weight.
+
+        The identity here; a subclass whose stock layer transforms its weight in every forward
+        (timm's weight standardisation) overrides it and sets :attr:`composed_only`. Applied
+        by the composed and eval paths; ``weight``, ``fuse()`` and the collapsed state dict
+        keep the untransformed effective weight, as the stock layer keeps its parameter.
+        """
+        return weight
+
     def expanded_forward(self, x: Tensor) -> Tensor:
-        """Run the factors in sequence in the current mode (BN uses running stats in eval).
+        """Run the factors in sequence in the current mode (BN uses running stats in eval)."""
+        if self.composed_only is not None:
+            raise NotImplementedError(f"{type(self).__name__} has no factor-by-factor forward: {self.composed_only}")
+        return self._expanded_forward(self._prepare_input(x))
+
+    def composed_forward(self, x: Tensor) -> Tensor:
+        """Build the effective weight with autograd, then run one conv/linear."""
+        return self._composed_forward(self._prepare_input(x))
+
+    def _expanded_forward(self, x: Tensor) -> Tensor:
+        """:meth:`expanded_forward` of a prepared input.
 
         All padding is applied once, before the first factor; later factors are "valid".
         Symmetric zero padding is left to the first conv (no padded copy is made and saved
@@ -224,10 +271,10 @@ class OverparamChain(nn.Module):
                 saved[i] = x
         return x if lead is None else x.reshape(*lead, x.shape[-1])
 
-    def composed_forward(self, x: Tensor) -> Tensor:
-        """Build the effective weight with autograd, then run one conv/linear."""
+    def _composed_forward(self, x: Tensor) -> Tensor:
+        """:meth:`composed_forward` of a prepared input."""
         weight, bias = self.effective_weight_and_bias()
-        return self._single_layer(x, weight, bias)
+        return self._single_layer(x, self._transform_weight(weight), bias)
 
     def _prefers_composed(self, x: Tensor) -> bool:
         if self._train_path != "auto":
@@ -246,12 +293,13 @@ class OverparamChain(nn.Module):
         return choice
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._prepare_input(x)
         if self.training:
             if self._prefers_composed(x):
-                return self.composed_forward(x)
-            return self.expanded_forward(x)
+                return self._composed_forward(x)
+            return self._expanded_forward(x)
         weight, bias = self._weight_and_bias()
-        return self._single_layer(x, weight, bias)
+        return self._single_layer(x, self._transform_weight(weight), bias)
 
     # ------------------------------------------------------------------ deploy
     def fuse(self) -> nn.Module:
@@ -285,6 +333,30 @@ class OverparamChain(nn.Module):
                 module.bias.copy_(bias)
         module.requires_grad_(requires_grad)
         return module.train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in the chain's place: its collapsed stock layer.
+
+        TorchScript is a deployment format, and the chain in eval mode computes exactly its
+        ``fuse()``. PyTorch stores the returned module in the parent, so the eager model given
+        to ``torch.jit.script`` is collapsed too: said in a warning, as it ends training the
+        chain. A chain in training mode refuses: the fused layer would train as the stock
+        layer, silently without the over-parameterization.
+        """
+        if self.training:
+            raise RuntimeError(
+                f"torch.jit.script of an over-parameterized layer ({type(self).__name__}) in training mode: "
+                f"TorchScript gets the collapsed stock layer, which would train without the chain. Call "
+                f".eval() first to script the collapsed model, or collapse it (overparam.collapse(model)); "
+                f"train in eager mode or with torch.compile"
+            )
+        warnings.warn(
+            "torch.jit.script compiles over-parameterized layers as their collapsed stock layers and, as "
+            "PyTorch stores them in place, collapses the eager model too; script a copy.deepcopy(model) "
+            "to keep training it",
+            stacklevel=2,
+        )
+        return self.fuse()
 
     def extra_repr(self) -> str:
         plan = self.plan

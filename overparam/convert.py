@@ -349,7 +349,7 @@ def collapsed_state_dict(
     gained: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         owner = next((p for p in chains if key.startswith(p + ".")), None)
-        if owner is None:
+        if owner is None or not key[len(owner) + 1 :].startswith(OverparamChain.COLLAPSED_PREFIXES):
             out[key] = value
         elif f"{owner}.weight" not in out:
             with torch.no_grad():

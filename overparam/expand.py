@@ -139,7 +139,8 @@ def expand_pretrained(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> 
 
     Args:
         model: the over-parameterized model (chains at the stock layers' paths).
-        state_dict: a state dict of the unmodified architecture.
+        state_dict: a state dict of the unmodified architecture (a chain's own tensors, such
+            as a ScaledStdConv2d chain's gain, are copied like every other tensor).
 
     Returns:
         Per chain path, the relative error of its expansion (0 up to rounding when exact).
@@ -148,7 +149,8 @@ def expand_pretrained(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> 
         ValueError: naming the missing, unexpected or misshapen keys, before anything changes.
     """
     chains = {path: m for path, m in model.named_modules() if isinstance(m, OverparamChain)}
-    own = {k: v for k, v in model.state_dict().items() if not any(k.startswith(p + ".") for p in chains)}
+    collapsed = tuple(f"{p}.{prefix}" if p else prefix for p in chains for prefix in OverparamChain.COLLAPSED_PREFIXES)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(collapsed)}
     for path, chain in chains.items():
         own[f"{path}.weight"] = chain.plan.weight_shape
         if chain.plan.bias:

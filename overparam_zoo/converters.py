@@ -1,54 +1,68 @@
 """Converters for timm's layer types that subclass the stock layers.
 
-Each converter either builds a chain whose ``fuse()`` gives back the same timm class (so a
-collapsed model is the stock timm model again) or refuses with the reason, which the
-conversion report and ``overparam-zoo show`` print.
+Each converter builds a chain whose ``fuse()`` gives back the same timm class with the same
+settings (so a collapsed model is the stock timm model again and its state dict loads strictly
+into it), or refuses with the reason, which the conversion report and ``overparam-zoo show``
+print. What a timm layer does besides its conv lives in the chain's two hooks: the input
+(``_prepare_input``: dynamic "same" padding) and the effective weight (``_transform_weight``:
+weight standardisation).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.padding import pad_same
 from torch import Tensor, nn
 
-from overparam import OverparamConv2d, OverparamLinear, from_stock
+from overparam import OverparamChain, OverparamConv2d, OverparamLinear, from_stock
 
-__all__ = ["OverparamConv2dSame", "OverparamTimmLinear", "TIMM_CONVERTERS"]
+__all__ = [
+    "OverparamConv2dSame",
+    "OverparamTimmLinear",
+    "OverparamStdConv2d",
+    "OverparamStdConv2dSame",
+    "OverparamScaledStdConv2d",
+    "OverparamScaledStdConv2dSame",
+    "TIMM_CONVERTERS",
+]
+
+_STANDARDISED = (
+    "timm's weight-standardised convs standardise the effective weight per output channel in every forward, "
+    "which is not linear in the factors, so the chain trains composed only"
+)
 
 
-def _fused_as(chain_fuse: nn.Module, cls: type[nn.Module], **init: Any) -> nn.Module:
-    stock = cls(**init).to(device=chain_fuse.weight.device, dtype=chain_fuse.weight.dtype)
-    stock.load_state_dict(chain_fuse.state_dict())
-    stock.requires_grad_(chain_fuse.weight.requires_grad)
-    return stock.train(chain_fuse.training)
+def _fused_as(chain: OverparamChain, cls: type[nn.Module], **init: Any) -> nn.Module:
+    """The chain's collapsed layer as timm's ``cls``: the effective weight and bias plus the
+    chain's own parameters (a ``ScaledStdConv2d``'s gain), trainable and in mode as the chain."""
+    plain = OverparamChain.fuse(chain)
+    stock = cls(**init, bias=plain.bias is not None).to(device=plain.weight.device, dtype=plain.weight.dtype)
+    stock.load_state_dict({**plain.state_dict(), **dict(chain.named_parameters(recurse=False))})
+    stock.requires_grad_(plain.weight.requires_grad)
+    return stock.train(chain.training)
 
 
 class OverparamTimmLinear(OverparamLinear):
     """A chain standing for ``timm.layers.Linear`` (same function as ``nn.Linear`` in eager)."""
 
     def fuse(self) -> nn.Module:
-        fused = super().fuse()
-        return _fused_as(
-            fused, Linear, in_features=self.in_features, out_features=self.out_features, bias=fused.bias is not None
-        )
+        return _fused_as(self, Linear, in_features=self.in_features, out_features=self.out_features)
 
 
 class OverparamConv2dSame(OverparamConv2d):
     """A chain standing for timm's ``Conv2dSame``: TensorFlow "same" padding computed from the
     input size in every forward, applied once before the chain, so the collapse stays exact."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)))
-
-    def expanded_forward(self, x: Tensor) -> Tensor:
-        return super().expanded_forward(pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)))
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        return pad_same(x, self.kernel_size, self.stride, self.dilation)
 
     def fuse(self) -> nn.Module:
-        fused = super().fuse()
         return _fused_as(
-            fused,
+            self,
             Conv2dSame,
             in_channels=self.in_channels,
             out_channels=self.out_channels,
@@ -56,32 +70,177 @@ class OverparamConv2dSame(OverparamConv2d):
             stride=self.stride,
             dilation=self.dilation,
             groups=self.groups,
-            bias=fused.bias is not None,
         )
 
 
+class OverparamStdConv2d(OverparamConv2d):
+    """A chain standing for timm's ``StdConv2d`` (BiT, ResNetV2).
+
+    The stock layer standardises its weight per output channel in every forward; applied to
+    the chain's effective weight, that is the same function, exactly. It is not linear in
+    the factors, so the chain trains composed only (no batch norm inside it).
+    """
+
+    composed_only = _STANDARDISED
+    #: the standardisation's epsilon; the converter copies the stock layer's
+    eps: float = 1e-6
+
+    def adopt_settings_(self, stock: nn.Module) -> None:
+        """Take the stock layer's settings besides its weight and bias (``eps``)."""
+        self.eps = stock.eps
+
+    def _transform_weight(self, weight: Tensor) -> Tensor:
+        return F.batch_norm(
+            weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
+        ).reshape_as(weight)
+
+    def _stock_init(self) -> dict[str, Any]:
+        return dict(
+            in_channel=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            eps=self.eps,
+        )
+
+    def fuse(self) -> nn.Module:
+        return _fused_as(self, StdConv2d, **self._stock_init())
+
+
+class OverparamStdConv2dSame(OverparamStdConv2d):
+    """A chain standing for timm's ``StdConv2dSame`` (ViT hybrids): ``StdConv2d`` with
+    TensorFlow "same" padding, dynamic (from the input size) when it cannot be static."""
+
+    #: whether the padding is computed from the input size in every forward
+    same_pad: bool = False
+
+    def adopt_settings_(self, stock: nn.Module) -> None:
+        """Take the stock layer's settings besides its weight and bias (``eps``, ``same_pad``)."""
+        super().adopt_settings_(stock)
+        self.same_pad = stock.same_pad
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x
+
+    def fuse(self) -> nn.Module:
+        # "SAME" rebuilds the dynamic padding; a static one is passed as it is
+        init = {**self._stock_init(), "padding": "SAME" if self.same_pad else self.padding}
+        return _fused_as(self, StdConv2dSame, **init)
+
+
+class OverparamScaledStdConv2d(OverparamConv2d):
+    """A chain standing for timm's ``ScaledStdConv2d`` (NFNet, NF-ResNet, NF-RegNet).
+
+    The stock layer standardises its weight per output channel and scales it by a learned
+    ``gain`` times a constant ``scale`` in every forward; applied to the chain's effective
+    weight that is the same function, exactly. The chain holds ``gain`` itself (one per
+    output channel, as the stock layer) and trains composed only.
+    """
+
+    composed_only = _STANDARDISED
+    #: the standardisation's epsilon; the converter copies the stock layer's
+    eps: float = 1e-6
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        weight = self.factors[0].weight
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1, device=weight.device, dtype=weight.dtype))
+        #: ``gamma / sqrt(fan_in)`` (gamma 1 until the converter copies the stock layer's float,
+        #: which is never rebuilt from gamma: that could round differently)
+        self.scale = (self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]) ** -0.5
+
+    def adopt_settings_(self, stock: nn.Module) -> None:
+        """Take the stock layer's settings besides its weight and bias (``gain``, ``scale``, ``eps``)."""
+        with torch.no_grad():
+            self.gain.copy_(stock.gain)
+        self.scale = stock.scale
+        self.eps = stock.eps
+
+    def _transform_weight(self, weight: Tensor) -> Tensor:
+        return F.batch_norm(
+            weight.reshape(1, self.out_channels, -1),
+            None,
+            None,
+            weight=(self.gain * self.scale).view(-1),
+            training=True,
+            momentum=0.0,
+            eps=self.eps,
+        ).reshape_as(weight)
+
+    def _stock_init(self) -> dict[str, Any]:
+        return dict(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            eps=self.eps,
+        )
+
+    def _finish(self, stock: nn.Module) -> nn.Module:
+        stock.scale = self.scale
+        return stock
+
+    def fuse(self) -> nn.Module:
+        return self._finish(_fused_as(self, ScaledStdConv2d, **self._stock_init()))
+
+
+class OverparamScaledStdConv2dSame(OverparamScaledStdConv2d):
+    """A chain standing for timm's ``ScaledStdConv2dSame`` (the ``tf`` NFNets):
+    ``ScaledStdConv2d`` with TensorFlow "same" padding, dynamic when it cannot be static."""
+
+    #: whether the padding is computed from the input size in every forward
+    same_pad: bool = False
+
+    def adopt_settings_(self, stock: nn.Module) -> None:
+        """Take the stock layer's settings besides its weight and bias (``gain``, ``scale``,
+        ``eps``, ``same_pad``)."""
+        super().adopt_settings_(stock)
+        self.same_pad = stock.same_pad
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x
+
+    def fuse(self) -> nn.Module:
+        init = {**self._stock_init(), "padding": "SAME" if self.same_pad else self.padding}
+        return self._finish(_fused_as(self, ScaledStdConv2dSame, **init))
+
+
+_STANDARDISED_CHAINS: dict[type[nn.Module], type[OverparamConv2d]] = {
+    StdConv2d: OverparamStdConv2d,
+    StdConv2dSame: OverparamStdConv2dSame,
+    ScaledStdConv2d: OverparamScaledStdConv2d,
+    ScaledStdConv2dSame: OverparamScaledStdConv2dSame,
+}
+
 def convert_timm_linear(module: nn.Module, **options: Any) -> nn.Module:
+    """``timm.layers.Linear`` as a chain that fuses back to it."""
     return from_stock(module, chain_class=OverparamTimmLinear, **options)
 
 
 def convert_conv2d_same(module: nn.Module, **options: Any) -> nn.Module:
-    if any(p != 0 for p in module.padding):
-        raise NotImplementedError("Conv2dSame with explicit padding besides its dynamic 'same' padding")
+    """timm's ``Conv2dSame`` as a chain that pads its input as the stock layer does."""
     return from_stock(module, chain_class=OverparamConv2dSame, **options)
 
 
-def refuse_weight_standardisation(module: nn.Module, **options: Any) -> nn.Module:
-    raise NotImplementedError(
-        f"{type(module).__name__} standardises its weight in every forward, which is not linear in the "
-        f"factors, so a chain cannot stand for it exactly; left stock"
-    )
+def convert_standardised_conv(module: nn.Module, **options: Any) -> nn.Module:
+    """timm's ``StdConv2d``/``ScaledStdConv2d`` (and their ``Same`` variants) as composed-only chains.
+
+    Raises:
+        ValueError: for options that need the expanded path (``batch_norm=True``).
+    """
+    chain = from_stock(module, chain_class=_STANDARDISED_CHAINS[type(module)], **options)
+    chain.adopt_settings_(module)
+    return chain
 
 
 TIMM_CONVERTERS: dict[type[nn.Module], Any] = {
     Linear: convert_timm_linear,
     Conv2dSame: convert_conv2d_same,
-    StdConv2d: refuse_weight_standardisation,
-    StdConv2dSame: refuse_weight_standardisation,
-    ScaledStdConv2d: refuse_weight_standardisation,
-    ScaledStdConv2dSame: refuse_weight_standardisation,
+    **{cls: convert_standardised_conv for cls in _STANDARDISED_CHAINS},
 }

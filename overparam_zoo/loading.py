@@ -50,7 +50,8 @@ def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = 
     path = Path(source)
     state, meta = read_checkpoint(path, use_ema=use_ema)
     name = _architecture(path, meta, model)
-    shape_args = resolve(name).zoo.shape_args(name, state)
+    found = resolve(name)
+    shape_args = found.zoo.shape_args(name, state, found.variant)
     try:
         built = create_model(name, **shape_args)
     except Exception as err:  # a build that fails for these weights' shapes is bad input, not a bug here

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from overparam.options import CHAIN_OPTION_NAMES, ChainOptionError, ChainOptions
 
 from .errors import RecipeError
 
-__all__ = ["Recipe", "RecipeError", "LayerRule", "Variant", "load_recipe", "ZOOS"]
+__all__ = ["Recipe", "RecipeError", "LayerRule", "Variant", "load_recipe", "is_glob", "ZOOS"]
 
 ZOOS = ("timm", "torchvision")
 _TOP_KEYS = ("zoo", "bases", "variants", "layers", "description")
@@ -98,18 +99,34 @@ class Recipe:
     def rule_for(self, path: str, type_name: str) -> LayerRule | None:
         return next((r for r in self.rules if r.matches(path, type_name)), None)
 
-    def variants(self) -> list[Variant]:
-        """Every (base, depth, tag) combination this recipe defines."""
-        if not self._variants:
-            for base in self.bases:
-                for spec in self.variant_specs:
-                    depths = spec["depth"] if isinstance(spec["depth"], list) else [spec["depth"]]
-                    tag = spec.get("tag")
-                    options = {k: v for k, v in spec.items() if k not in ("depth", "tag")}
-                    for depth in depths:
-                        name = f"{base}_op_d{depth}" + (f"_{tag}" if tag else "")
-                        self._variants.append(Variant(name, base, depth, tag, {**options, "depth": depth}, self))
-        return list(self._variants)
+    @functools.cached_property
+    def is_generic(self) -> bool:
+        """Whether ``bases`` holds globs (``"*"``): the recipe's variants then yield to any
+        other recipe's variant of the same name."""
+        return any(is_glob(b) for b in self.bases)
+
+    def variants(self, bases: Iterable[str] | None = None) -> list[Variant]:
+        """Every (base, depth, tag) combination this recipe defines, for ``bases`` (default:
+        the recipe's own, which must then be model names, not globs)."""
+        if bases is None and self._variants:
+            return list(self._variants)
+        made = []
+        for base in self.bases if bases is None else bases:
+            for spec in self.variant_specs:
+                depths = spec["depth"] if isinstance(spec["depth"], list) else [spec["depth"]]
+                tag = spec.get("tag")
+                options = {k: v for k, v in spec.items() if k not in ("depth", "tag")}
+                for depth in depths:
+                    name = f"{base}_op_d{depth}" + (f"_{tag}" if tag else "")
+                    made.append(Variant(name, base, depth, tag, {**options, "depth": depth}, self))
+        if bases is None:
+            self._variants.extend(made)
+        return made
+
+
+def is_glob(pattern: str) -> bool:
+    """Whether a ``bases`` entry is a glob over the zoo's model names."""
+    return any(c in pattern for c in "*?[")
 
 
 def _check_keys(path: Path, where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

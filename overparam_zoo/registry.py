@@ -11,6 +11,7 @@ the factors. :func:`resolve` is the only place that decides what a name is.
 from __future__ import annotations
 
 import fnmatch
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ from overparam.convert import ConversionReport, LayerConversionError
 
 from .errors import RecipeError, UnknownModelError
 from .plugins import get_plugin_manager
-from .recipe import Recipe, Variant, load_recipe
+from .recipe import Recipe, Variant, is_glob, load_recipe
 from .zoos import ZOOS, Zoo, get_zoo
 
 __all__ = [
+    "BASES_ENV",
     "Resolved",
     "resolve",
     "create_model",
@@ -42,6 +44,9 @@ __all__ = [
     "check_variant",
     "converters",
 ]
+
+#: comma-separated globs: only these bases get the variants of generic recipes (default ``*``)
+BASES_ENV = "OVERPARAM_ZOO_BASES"
 
 _VARIANTS: dict[tuple[str, str], Variant] = {}
 _REGISTERED: set[tuple[str, str]] = set()  # variants the zoo itself builds by name
@@ -92,18 +97,33 @@ def _builder(variant: Variant):
     return get_zoo(variant.zoo).variant_builder(variant, convert)
 
 
+def _bases(recipe: Recipe, zoo: Zoo) -> list[str]:
+    """The recipe's bases, globs expanded over the zoo's models and narrowed by
+    ``OVERPARAM_ZOO_BASES``; explicit names are checked."""
+    names: list[str] = []
+    allowed = [p.strip() for p in os.environ.get(BASES_ENV, "*").split(",") if p.strip()]
+    everything = None
+    for i, base in enumerate(recipe.bases):
+        if not is_glob(base):
+            if not zoo.is_model(base):
+                raise RecipeError(recipe.path, f"bases[{i}]", f"{base!r} is not a {recipe.zoo} model")
+            names.append(base)
+            continue
+        everything = zoo.list_models() if everything is None else everything
+        names += [n for n in fnmatch.filter(everything, base) if any(fnmatch.fnmatchcase(n, p) for p in allowed)]
+    return list(dict.fromkeys(names))
+
+
 def register_recipe(recipe: Recipe) -> list[str]:
-    """Register every variant of ``recipe``; variants already registered are left alone.
+    """Register every variant of ``recipe``; variants already registered are left alone, so a
+    variant registered first (a specific recipe, before a generic one) wins.
 
     Raises:
         RecipeError: for an unknown base model.
     """
     zoo = get_zoo(recipe.zoo)
-    for i, base in enumerate(recipe.bases):
-        if not zoo.is_model(base):
-            raise RecipeError(recipe.path, f"bases[{i}]", f"{base!r} is not a {recipe.zoo} model")
     added = []
-    for variant in recipe.variants():
+    for variant in recipe.variants(_bases(recipe, zoo)):
         key = (recipe.zoo, variant.name)
         if key in _VARIANTS:
             continue
@@ -125,23 +145,35 @@ def load_recipes(paths: Iterable[str | Path]) -> list[Recipe]:
 
 
 def register_all() -> list[str]:
-    """Register the recipes every plugin contributes. A broken recipe gives a warning naming
-    it; the others are registered."""
-    added = []
+    """Register the recipes every plugin contributes: recipes that name their bases first,
+    then generic ones (globs), so a recipe's entry for a base overrides the generic variant of
+    the same name. A broken recipe gives a warning naming it; the others are registered."""
+    recipes: list[Recipe] = []
     for paths in reversed(get_plugin_manager().hook.overparam_zoo_recipe_paths()):
         for entry in paths or []:
             for file in _recipe_files(entry):
                 try:
-                    added += register_recipe(load_recipe(file))
+                    recipes.append(load_recipe(file))
                 except RecipeError as err:
                     warnings.warn(f"overparam_zoo: recipe not registered: {err}", stacklevel=2)
+    added = []
+    for recipe in sorted(recipes, key=lambda r: r.is_generic):
+        try:
+            added += register_recipe(recipe)
+        except RecipeError as err:
+            warnings.warn(f"overparam_zoo: recipe not registered: {err}", stacklevel=2)
     return added
 
 
-def list_variants(pattern: str | None = None, zoo: str | None = None) -> list[str]:
-    """Registered variant names, optionally filtered by a glob and a zoo."""
-    names = sorted({name for (z, name) in _VARIANTS if zoo is None or z == zoo})
-    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+def list_variants(pattern: str | None = None, zoo: str | None = None, base: str | None = None) -> list[str]:
+    """Registered variant names, optionally filtered by a glob on the name, a zoo and a glob
+    on the base model's name."""
+    names = {
+        name
+        for (z, name), variant in _VARIANTS.items()
+        if (zoo is None or z == zoo) and (base is None or fnmatch.fnmatchcase(variant.base, base))
+    }
+    return sorted(n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern))
 
 
 def get_variant(name: str, zoo: str | None = None) -> Variant:
@@ -171,10 +203,13 @@ def resolve(name: str, zoo: str | None = None) -> Resolved:
     for z in zoos:
         if get_zoo(z).is_model(name):
             return Resolved(name, get_zoo(z))
+    where = f"not a {zoo} model" if zoo else "neither a timm nor a torchvision model"
     if "_op_" in name:
-        get_variant(name, zoo)  # raises, naming variants of the same base
-    where = f"a {zoo}" if zoo else "an op variant, a timm or a torchvision"
-    raise UnknownModelError(f"unknown model {name!r}: not {where} model; see `overparam-zoo list`")
+        try:
+            get_variant(name, zoo)
+        except UnknownModelError as err:  # names variants of the same base
+            raise UnknownModelError(f"unknown model {name!r}: {where}; {err}") from None
+    raise UnknownModelError(f"unknown model {name!r}: {where}; see `overparam-zoo list`")
 
 
 def create_model(name: str, zoo: str | None = None, **kwargs: Any) -> nn.Module:

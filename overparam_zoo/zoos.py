@@ -59,8 +59,9 @@ class Zoo(ABC):
         """The input size (without batch) the model is meant for."""
 
     @abstractmethod
-    def shape_args(self, name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Build arguments (``num_classes``, ``in_chans``) that make ``name`` fit ``state``."""
+    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
+        """Build arguments (``num_classes``, ``in_chans``) that make model ``name`` (the op
+        ``variant``, if it is one) fit ``state``."""
 
     @abstractmethod
     def write_config(self, model: nn.Module, architecture: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,7 @@ class TimmZoo(Zoo):
 
     def register(self, variant: Any, builder: Builder) -> bool:
         import timm
-        from timm.models import get_pretrained_cfg, register_model
+        from timm.models import register_model
 
         if timm.is_model(variant.name):
             warnings.warn(
@@ -125,13 +126,22 @@ class TimmZoo(Zoo):
                 stacklevel=4,
             )
             return False
+        if not variant.recipe.is_generic:
+            # a registry cfg costs ~0.5 ms (timm deep-copies the base's): worth it for the named
+            # variants, not for thousands of generic ones, whose models carry it once built
+            op_models.default_cfgs[variant.name] = self._variant_cfg(variant)
+        register_model(builder)
+        return True
+
+    def _variant_cfg(self, variant: Any) -> dict[str, Any]:
+        """The base's pretrained cfg, with ``first_conv``/``classifier`` naming factors."""
+        from timm.models import get_pretrained_cfg
+
         base_cfg = get_pretrained_cfg(variant.base, allow_unregistered=False)
         cfg = base_cfg.to_dict() if base_cfg is not None else {}
         cfg.pop("architecture", None)
         cfg.pop("tag", None)
-        op_models.default_cfgs[variant.name] = _map_cfg_paths(cfg, variant, None)
-        register_model(builder)
-        return True
+        return _map_cfg_paths(cfg, variant, None)
 
     def input_size(self, model: nn.Module) -> tuple[int, ...]:
         try:
@@ -141,11 +151,14 @@ class TimmZoo(Zoo):
         except (ImportError, KeyError, AttributeError):
             return tuple(model.pretrained_cfg["input_size"])
 
-    def shape_args(self, name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(name)
-        cfg = cfg.to_dict() if cfg is not None else {}
+        if variant is not None:
+            cfg = self._variant_cfg(variant)
+        else:
+            found = get_pretrained_cfg(name)
+            cfg = found.to_dict() if found is not None else {}
         args: dict[str, Any] = {}
         classifier = cfg.get("classifier")
         if isinstance(classifier, str) and f"{classifier}.weight" in state:
@@ -240,7 +253,7 @@ class TorchvisionZoo(Zoo):
         first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         return (first.in_channels, 224, 224) if isinstance(first, nn.Conv2d) else (first.in_features,)
 
-    def shape_args(self, name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
         linears = [k for k in state if k.endswith(".weight") and state[k].dim() == 2]
         return {"num_classes": state[linears[-1]].shape[0]} if linears else {}
 

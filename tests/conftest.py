@@ -49,14 +49,15 @@ def isolated_registries():
     timm_saved = _snapshot(vars(timm_registry), timm_names)
     zoo_saved = _snapshot(vars(registry), ["_VARIANTS", "_REGISTERED"])
     cfgs_saved = dict(op_models.default_cfgs)
-    tv_saved = dict(_api.BUILTIN_MODELS)
+    tv_models = _api.BUILTIN_MODELS  # the dict itself: a test may delete the attribute
+    tv_saved = dict(tv_models)
     yield
     _restore(vars(timm_registry), timm_saved)
     _restore(vars(registry), zoo_saved)
     op_models.default_cfgs.clear()
     op_models.default_cfgs.update(cfgs_saved)
-    _api.BUILTIN_MODELS.clear()
-    _api.BUILTIN_MODELS.update(tv_saved)
+    tv_models.clear()
+    tv_models.update(tv_saved)
 
 
 @pytest.fixture

@@ -34,6 +34,14 @@ def test_list_and_show(capsys):
     out = capsys.readouterr().out
     assert "resnet18_op_d2_bn" in out and "resnet34" not in out
     assert main(["list", "nothing*"]) == 1
+    assert main(["list", "--base", "efficientnet_b[23]", "--zoo", "timm"]) == 0
+    out = capsys.readouterr().out
+    assert out.split() and {line.split()[0] for line in out.splitlines()} == {
+        "efficientnet_b2_op_d2",
+        "efficientnet_b2_op_d4",
+        "efficientnet_b3_op_d2",
+        "efficientnet_b3_op_d4",
+    }
     assert main(["show", "resnet18_op_d2"]) == 0
     out = capsys.readouterr().out
     assert "layer1.0.conv1" in out and "[3x3 1x1]" in out

@@ -57,8 +57,8 @@ def test_auto_path_picks_by_counted_macs():
 def test_auto_path_is_used_in_training(monkeypatch):
     layer = OverparamConv2d(8, 8, kernel_sizes=3, padding=1).train()
     calls = []
-    monkeypatch.setattr(layer, "composed_forward", lambda x: calls.append("composed") or x)
-    monkeypatch.setattr(layer, "expanded_forward", lambda x: calls.append("expanded") or x)
+    monkeypatch.setattr(layer, "_composed_forward", lambda x: calls.append("composed") or x)
+    monkeypatch.setattr(layer, "_expanded_forward", lambda x: calls.append("expanded") or x)
     layer(torch.randn(8, 8, 32, 32))
     layer.train_path = "expanded"
     layer(torch.randn(8, 8, 32, 32))

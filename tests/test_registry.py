@@ -1,6 +1,9 @@
 """Every built-in variant: registered, builds, trains a step, and collapses to its base exactly."""
 
 import copy
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -15,8 +18,15 @@ from overparam_zoo.registry import check_variant
 
 from .helpers import randomize_, relative_error
 
-TIMM = list_variants(zoo="timm")
-TORCHVISION = list_variants(zoo="torchvision")
+
+def _named(zoo):
+    """The variants of recipes that name their bases (the generic ones are covered family by
+    family in test_zoo_wide.py)."""
+    return [n for n in list_variants(zoo=zoo) if not get_variant(n, zoo).recipe.is_generic]
+
+
+TIMM = _named("timm")
+TORCHVISION = _named("torchvision")
 
 
 def test_at_least_twelve_timm_variants_and_the_expected_bases():
@@ -102,11 +112,11 @@ def test_torchvision_variant_roundtrip_large(name):
 
 @pytest.mark.parametrize(
     "name",
-    sorted({get_variant(n, "timm").recipe.path.name: n for n in TIMM}.values())
-    + sorted({get_variant(n, "torchvision").recipe.path.name: n for n in TORCHVISION}.values()),
+    sorted({get_variant(n, "timm").recipe.path.name: n for n in list_variants(zoo="timm")}.values())
+    + sorted({get_variant(n, "torchvision").recipe.path.name: n for n in list_variants(zoo="torchvision")}.values()),
 )
 def test_every_rule_of_every_builtin_recipe_matches_a_layer(name):
-    zoo = "timm" if name in TIMM and get_variant(name, "timm") else "torchvision"
+    zoo = "timm" if name in list_variants(zoo="timm") else "torchvision"
     check_variant(get_variant(name, zoo))
 
 
@@ -201,3 +211,51 @@ def test_changed_torchvision_registry_api_gives_a_clear_warning(tmp_path, monkey
         assert register_recipe(recipe) == []
     model = create_model("alexnet_op_d5", zoo="torchvision", num_classes=2)
     assert model.features[0].depth == 5
+
+
+def test_every_base_of_both_zoos_has_generic_variants_and_named_recipes_win():
+    for base in ("efficientnet_b3", "regnety_016", "convnext_small", "resnet101", "swin_tiny_patch4_window7_224"):
+        for depth in (2, 4):
+            assert get_variant(f"{base}_op_d{depth}", "timm").recipe.is_generic
+    assert get_variant("resnet18_op_d2", "timm").recipe.path.name == "timm_resnet.yaml"
+    assert get_variant("resnet18_op_d2", "torchvision").recipe.path.name == "torchvision_resnet.yaml"
+    assert set(list_variants("*_op_d2", zoo="timm")) >= {f"{b}_op_d2" for b in timm.list_models()}
+    classification = torchvision.models.list_models(module=torchvision.models, exclude="*_op_*")
+    assert set(list_variants("*_op_d4", zoo="torchvision")) >= {f"{b}_op_d4" for b in classification}
+
+
+def test_generic_variants_build_through_both_zoos_and_collapse():
+    model = timm.create_model("regnetx_002_op_d2", num_classes=4)
+    assert isinstance(model.stem.conv.conv, OverparamChain) and isinstance(model.head.fc, OverparamChain)
+    assert model.pretrained_cfg["architecture"] == "regnetx_002_op_d2"
+    assert model.pretrained_cfg["first_conv"] == "stem.conv.factors.0"
+    tv = torchvision.models.get_model("squeezenet1_1_op_d4", num_classes=3)
+    assert tv.features[0].depth == 4
+    for op, stock in (
+        (model, timm.create_model("regnetx_002", num_classes=4)),
+        (tv, torchvision.models.squeezenet1_1(num_classes=3)),
+    ):
+        stock.load_state_dict(collapsed_state_dict(op.eval()), strict=True)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert relative_error(stock.eval()(x), op(x)) < 1e-4
+
+
+def test_generic_variants_can_be_restricted_by_environment():
+    code = (
+        "import timm, torchvision, overparam_zoo; "
+        "print(timm.is_model('resnet101_op_d2'), timm.is_model('efficientnet_b3_op_d2'), "
+        "timm.is_model('resnet18_op_d2_bn'), 'vgg11_op_d2' in torchvision.models.list_models())"
+    )
+    for value, expected in (("resnet*", "True False True False"), ("", "False False True False")):
+        env = {**os.environ, "OVERPARAM_ZOO_BASES": value}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert result.stdout.strip() == expected, result.stderr
+
+
+def test_one_door_behaves_like_timm_create_model(tmp_path):
+    model = timm.create_model("resnet18_op_d2", num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "op.pth")
+    reloaded = create_model("resnet18_op_d2", num_classes=3, checkpoint_path=str(tmp_path / "op.pth"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
