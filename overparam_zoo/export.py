@@ -7,6 +7,11 @@ versions, the float64 collapse error on a probe input) sits at the top level of 
 where timm ignores it. Torchvision variants get the same two files; their state dict loads
 with ``strict=True`` into ``torchvision.models.<base>(num_classes=N)``.
 
+Its ``pretrained_cfg`` describes the weights in the folder, not the base's pretrained weights:
+preprocessing from the training run (:mod:`overparam_zoo.data_config`), the class count and
+label names, no inherited tag, paper, license or hub ids. A ``README.md`` model card
+(:mod:`overparam_zoo.model_card`) travels with it.
+
 Writes are atomic: everything goes to a temporary folder beside ``out_dir`` that is renamed
 into place at the end, so a failed export leaves nothing half-written.
 """
@@ -30,8 +35,11 @@ from torch import nn
 from overparam import collapsed_state_dict
 from overparam.state import describe_mismatch
 
+from .data_config import describe_weights
 from .errors import ExportError
 from .files import usual_permissions
+from .metadata import ExportMetadata
+from .model_card import CARD_NAME, render_model_card
 from .plugins import get_plugin_manager
 from .recipe import Variant
 from .registry import build_base, get_variant
@@ -105,6 +113,7 @@ def export_collapsed(
     model_args: dict[str, Any] | None = None,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    metadata: ExportMetadata | None = None,
 ) -> ExportResult:
     """Write ``model``'s collapsed weights as a standard checkpoint of its base architecture.
 
@@ -115,14 +124,17 @@ def export_collapsed(
         model_args: kwargs its base was built with (``num_classes``, ...), with ``variant``.
         force: replace an existing non-empty ``out_dir``.
         progress: called with a short description before each step.
+        metadata: the training run (``ExportMetadata.from_checkpoint``) and explicit preprocessing,
+            labels and license; without training arguments the base's preprocessing is kept, with a
+            :class:`~overparam_zoo.metadata.MetadataWarning`.
 
     Returns:
         An :class:`ExportResult`.
 
     Raises:
         ExportError: for a model that does not fit its base architecture, a bias gained inside
-            a chain with no BatchNorm to fold into, or an occupied ``out_dir``; nothing is
-            written then.
+            a chain with no BatchNorm to fold into, preprocessing or labels that do not fit the
+            model, or an occupied ``out_dir``; nothing is written then.
     """
     step = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
@@ -146,14 +158,17 @@ def export_collapsed(
     step("measuring the collapse error (float64)")
     shape = probe_shape(stock, found)
     error = collapse_error(copy.deepcopy(model).double().eval(), found, args, probe_input(shape, torch.float64))
+    described = describe_weights(stock, metadata)  # the config fields of these weights, checked before writing
     step(f"writing {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         config = get_zoo(found.zoo).write_config(
-            stock, found.base, tmp / CONFIG_NAME, {PROVENANCE_KEY: _provenance(found, error, shape)}
+            stock, found.base, tmp / CONFIG_NAME, {**described, PROVENANCE_KEY: _provenance(found, error, shape)}
         )
+        params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters()))
+        (tmp / CARD_NAME).write_text(render_model_card(config, found, metadata, params=params), encoding="utf-8")
         extra: list[Path] = []
         for written in get_plugin_manager().hook.overparam_zoo_export(model=stock, out_dir=tmp, config=config):
             extra += [out_dir / Path(p).relative_to(tmp) for p in written or []]

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from .export import ExportResult, export_collapsed
+from .metadata import ExportMetadata
 
 __all__ = ["ExportOnSave", "install_checkpoint_saver_hook"]
 
@@ -34,9 +35,12 @@ class ExportOnSave:
         self.variant = variant
         self.model_args = model_args
 
-    def __call__(self, model: nn.Module, tag: str = "last") -> ExportResult:
+    def __call__(self, model: nn.Module, tag: str = "last", metadata: ExportMetadata | None = None) -> ExportResult:
+        """Export ``model``; ``metadata`` describes the training run (see ``export_collapsed``)."""
         target = self.out_dir / f"collapsed-{tag}"
-        result = export_collapsed(model, target, variant=self.variant, model_args=self.model_args, force=True)
+        result = export_collapsed(
+            model, target, variant=self.variant, model_args=self.model_args, force=True, metadata=metadata
+        )
         logger.info("overparam_zoo: exported collapsed %s to %s", result.config["architecture"], target)
         return result
 
@@ -55,11 +59,14 @@ def install_checkpoint_saver_hook() -> None:
         model = self.unwrap_fn(self.model_ema if self.model_ema is not None else self.model)
         if getattr(model, "overparam_zoo", None) is not None:
             export = ExportOnSave(self.checkpoint_dir)
-            export(model, "last")
+            # train.py's args give the export its preprocessing; its summary.csv (written before the save) the results
+            run = None
+            if self.args is not None:
+                run = ExportMetadata.from_run(self.args, output_dir=self.checkpoint_dir, epoch=epoch)
+            export(model, "last", run)
             if self.best_epoch == epoch:
-                export(model, "best")
+                export(model, "best", run)
         return result
 
     save_checkpoint._overparam_zoo_export = True  # type: ignore[attr-defined]
     CheckpointSaver.save_checkpoint = save_checkpoint
-

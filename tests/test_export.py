@@ -44,7 +44,7 @@ def plain_python(code):
 def test_timm_export_loads_with_plain_timm(tmp_path, name):
     model = trained(name, num_classes=7)
     result = export_collapsed(model, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     umask = os.umask(0)
     os.umask(umask)
     assert ((tmp_path / "out").stat().st_mode & 0o777) == 0o777 & ~umask  # shareable, not mkdtemp's 0700
