@@ -17,6 +17,7 @@ import yaml
 
 from .metadata import ExportMetadata, TrainResults
 from .recipe import Variant
+from .zoos import get_zoo
 
 __all__ = ["CARD_NAME", "REPO_PLACEHOLDER", "TRAINING_ARG_KEYS", "base_model_id", "render_model_card"]
 
@@ -81,25 +82,21 @@ def base_model_id(variant: Variant, metadata: ExportMetadata | None) -> str | No
     if metadata.base_model:
         return metadata.base_model
     args = metadata.training_args or {}
-    if variant.zoo != "timm" or not args.get("pretrained") or args.get("initial_checkpoint"):
+    if not args.get("pretrained") or args.get("initial_checkpoint"):
         return None
-    from timm.models import get_pretrained_cfg, split_model_name_tag
-
-    _, tag = split_model_name_tag(str(args.get("model") or variant.name))
-    cfg = get_pretrained_cfg(f"{variant.base}.{tag}" if tag else variant.base)
-    return getattr(cfg, "hf_hub_id", None) or None
+    return get_zoo(variant.zoo).pretrained_origin(variant.base, str(args.get("model") or variant.name))
 
 
 def _front_matter(
     variant: Variant, metadata: ExportMetadata | None, license_id: str | None, base_model: str | None
 ) -> dict[str, Any]:
-    zoo_tag = "timm" if variant.zoo == "timm" else "torchvision"
+    zoo = get_zoo(variant.zoo)
     matter: dict[str, Any] = {}
-    if variant.zoo == "timm":
-        matter["library_name"] = "timm"
+    if zoo.library_name:
+        matter["library_name"] = zoo.library_name
     if license_id:
         matter["license"] = license_id
-    matter["tags"] = ["image-classification", zoo_tag, "overparam-zoo"]
+    matter["tags"] = ["image-classification", zoo.name, "overparam-zoo"]
     matter["pipeline_tag"] = "image-classification"
     if base_model:
         matter["base_model"] = base_model
@@ -149,27 +146,7 @@ def _details(
 
 
 def _usage(config: Mapping[str, Any], variant: Variant) -> str:
-    n = config.get("num_classes")
-    if variant.zoo != "timm":
-        return (
-            "```python\nimport torchvision\nfrom safetensors.torch import load_file\n\n"
-            f"model = torchvision.models.{variant.base}(num_classes={n})\n"
-            'model.load_state_dict(load_file("model.safetensors"), strict=True)\nmodel.eval()\n```\n'
-        )
-    return (
-        "```python\nimport timm\nimport torch\n\n"
-        f'model = timm.create_model("hf-hub:{REPO_PLACEHOLDER}", pretrained=True).eval()\n'
-        "# or, from a local copy of this folder:\n"
-        '# model = timm.create_model("local-dir:path/to/folder", pretrained=True).eval()\n\n'
-        "data_config = timm.data.resolve_data_config(model=model)\n"
-        "transform = timm.data.create_transform(**data_config, is_training=False)\n"
-        "with torch.no_grad():\n"
-        "    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)  # image: a PIL image\n"
-        "```\n\n"
-        f"`model.safetensors` holds exactly the keys and shapes of timm's `{variant.base}` with {n} classes, "
-        f"so timm's scripts take it as it is: `validate.py DATA --model {variant.base} --num-classes {n} "
-        "--checkpoint model.safetensors`. No overparam-zoo install is needed.\n"
-    )
+    return get_zoo(variant.zoo).card_usage(variant.base, config.get("num_classes"), REPO_PLACEHOLDER)
 
 
 def _provenance(config: Mapping[str, Any], variant: Variant, metadata: ExportMetadata | None) -> str:

@@ -28,9 +28,11 @@ Builder = Callable[..., nn.Module]
 
 
 class Zoo(ABC):
-    """What the registry needs from a model zoo."""
+    """What the registry and the exports need from a model zoo."""
 
     name: str
+    #: the Hugging Face ``library_name`` of the zoo's checkpoints, if the hub knows it
+    library_name: str | None = None
 
     @abstractmethod
     def is_model(self, name: str) -> bool:
@@ -68,11 +70,20 @@ class Zoo(ABC):
         """Write the ``config.json`` that lets the zoo rebuild ``model`` as ``architecture``,
         with ``extra`` merged at the top level; returns what was written."""
 
+    def pretrained_origin(self, base: str, trained_name: str) -> str | None:
+        """The hub id of the pretrained weights a run named ``trained_name`` started from."""
+        return None
+
+    @abstractmethod
+    def card_usage(self, base: str, num_classes: int | None, repo: str) -> str:
+        """The model card's "how to load" section for an export of ``base``."""
+
 
 class TimmZoo(Zoo):
     """timm: variants are registered into timm's registry under the module ``op_models``."""
 
     name = "timm"
+    library_name = "timm"
 
     def is_model(self, name: str) -> bool:
         import timm
@@ -174,6 +185,29 @@ class TimmZoo(Zoo):
         save_config_for_hf(model, str(path), model_config=extra)
         return json.loads(path.read_text())
 
+    def pretrained_origin(self, base: str, trained_name: str) -> str | None:
+        from timm.models import get_pretrained_cfg, split_model_name_tag
+
+        _, tag = split_model_name_tag(trained_name)
+        cfg = get_pretrained_cfg(f"{base}.{tag}" if tag else base)
+        return getattr(cfg, "hf_hub_id", None) or None
+
+    def card_usage(self, base: str, num_classes: int | None, repo: str) -> str:
+        return (
+            "```python\nimport timm\nimport torch\n\n"
+            f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()\n'
+            "# or, from a local copy of this folder:\n"
+            '# model = timm.create_model("local-dir:path/to/folder", pretrained=True).eval()\n\n'
+            "data_config = timm.data.resolve_data_config(model=model)\n"
+            "transform = timm.data.create_transform(**data_config, is_training=False)\n"
+            "with torch.no_grad():\n"
+            "    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)  # image: a PIL image\n"
+            "```\n\n"
+            f"`model.safetensors` holds exactly the keys and shapes of timm's `{base}` with {num_classes} classes, "
+            f"so timm's scripts take it as it is: `validate.py DATA --model {base} --num-classes {num_classes} "
+            "--checkpoint model.safetensors`. No overparam-zoo install is needed.\n"
+        )
+
 
 class TorchvisionZoo(Zoo):
     """torchvision: stock models through their public builder functions (the registry's
@@ -262,6 +296,13 @@ class TorchvisionZoo(Zoo):
         config = {"architecture": architecture, "zoo": self.name, "num_classes": classifier.out_features, **extra}
         path.write_text(json.dumps(config, indent=2))
         return config
+
+    def card_usage(self, base: str, num_classes: int | None, repo: str) -> str:
+        return (
+            "```python\nimport torchvision\nfrom safetensors.torch import load_file\n\n"
+            f"model = torchvision.models.{base}(num_classes={num_classes})\n"
+            'model.load_state_dict(load_file("model.safetensors"), strict=True)\nmodel.eval()\n```\n'
+        )
 
 
 def _map_cfg_paths(cfg: dict[str, Any], variant: Any, model: nn.Module | None) -> dict[str, Any]:
