@@ -122,7 +122,9 @@ def test_coat_shared_position_encodings_collapse_exactly():
     model = timm.create_model("coat_lite_tiny", **kwargs).double()
     report = convert_model(model, depth=2, converters=converters())
     # cpe1.proj is also serial_blocks1.0.cpe.proj and serial_blocks1.1.cpe.proj
-    assert report.notes["serial_blocks1.1.cpe.proj"] == "the same module as cpe1.proj: converted once, into the same chain"
+    assert (
+        report.notes["serial_blocks1.1.cpe.proj"] == "the same module as cpe1.proj: converted once, into the same chain"
+    )
     assert model.cpe1.proj is model.serial_blocks1[1].cpe.proj
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     train_step(model, x)
