@@ -158,6 +158,31 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
+def _paths_by_module(model: nn.Module) -> dict[nn.Module, list[str]]:
+    """Every path of every module, first path first: a shared module (one object reachable
+    under several paths, e.g. ``model.a = model.b = conv``) has several."""
+    paths: dict[nn.Module, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(module, []).append(path)
+    return paths
+
+
+def _tied_tensors(paths_of: Mapping[nn.Module, list[str]]) -> dict[nn.Module, str]:
+    """Modules holding a parameter that another module holds too (tied weights), which a chain
+    in the place of either would untie, each with where the tie is."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module, paths in paths_of.items():
+        for name, tensor in module.named_parameters(recurse=False):
+            owners.setdefault(id(tensor), []).append((module, f"{paths[0]}.{name}"))
+    tied: dict[nn.Module, str] = {}
+    for holders in owners.values():
+        for module, where in holders:
+            others = [w for m, w in holders if m is not module]
+            if others:
+                tied.setdefault(module, f"{where} is also {', '.join(others)} (tied weights)")
+    return tied
+
+
 def _stock_base(module: nn.Module) -> type[nn.Module] | None:
     for base in STOCK_LAYERS:
         if isinstance(module, base):
@@ -206,25 +231,41 @@ def convert_model(
     report = ConversionReport(model=model)
     if isinstance(model, OverparamChain):
         return report
-    candidates = [(path, m) for path, m in model.named_modules() if _stock_base(m) or type(m) in converters]
-    chains = [path for path, m in model.named_modules() if isinstance(m, OverparamChain)]
-    for path, module in candidates:
-        if any(path.startswith(c + ".") for c in chains):
-            continue
-        label = path or "<root>"
+    paths_of = _paths_by_module(model)
+    tied = _tied_tensors(paths_of)
+    inside = tuple(p + "." for m, ps in paths_of.items() if isinstance(m, OverparamChain) for p in ps)
+    candidates = [
+        (paths, m)
+        for m, paths in paths_of.items()
+        if (_stock_base(m) or type(m) in converters) and not any(p.startswith(inside) for p in paths)
+    ]
+
+    def decide(path: str, module: nn.Module) -> str | ChainOptions:
+        """The options for the layer at ``path``, or why it stays stock."""
         if include is not None and not _matches(path, include):
-            report.skipped[label] = NOT_INCLUDED
-            continue
+            return NOT_INCLUDED
         if _matches(path, exclude):
-            report.skipped[label] = EXCLUDED
+            return EXCLUDED
+        chosen = options_for(path, module) if options_for is not None else {}
+        return LEFT_BY_RULES if chosen is None else ChainOptions.of(defaults, **dict(chosen))
+
+    for paths, module in candidates:
+        label = paths[0] or "<root>"
+        # a shared layer becomes one shared chain, so every path must ask for the same one
+        decisions = [decide(p, module) for p in paths]
+        if any(d != decisions[0] for d in decisions[1:]):
+            conflict = f"one module shared by {', '.join(paths)}, whose rules disagree: {decisions}"
+            if strict:
+                raise LayerConversionError(label, conflict)
+            report.skipped[label] = conflict
             continue
-        layer_options = defaults
-        if options_for is not None:
-            chosen = options_for(path, module)
-            if chosen is None:
-                report.skipped[label] = LEFT_BY_RULES
-                continue
-            layer_options = ChainOptions.of(defaults, **dict(chosen))
+        if isinstance(decisions[0], str):
+            report.skipped[label] = decisions[0]
+            continue
+        if module in tied:
+            report.skipped[label] = f"{tied[module]}; a chain in its place would untie them"
+            continue
+        layer_options = decisions[0]
         kind = type(module)
         if kind in converters:
             convert: Converter = converters[kind]
@@ -256,10 +297,13 @@ def convert_model(
             report.expansion_errors[label] = error
             if error > 1e-6:
                 report.notes[label] = f"no exact split of the stock weights: relative error {error:.2e}"
-        if not path:
+        if paths == [""]:
             report.model = new
-        else:
-            _set_submodule(model, path, new)
+        for path in paths:
+            if path:
+                _set_submodule(model, path, new)
+        for alias in paths[1:]:
+            report.notes[alias] = f"the same module as {label}: converted once, into the same chain"
         report.converted.append(label)
     return report
 
@@ -300,9 +344,14 @@ def overparameterize(
     return report.model
 
 
-def _folds(model: nn.Module, trace_options: Mapping[str, Any] | None) -> dict[str, str]:
-    paths = [p for p, m in model.named_modules() if isinstance(m, OverparamChain) and needs_bias_fold(m)]
-    return find_following_batch_norms(model, paths, **dict(trace_options or {}))
+def _folds(
+    model: nn.Module, paths_of: Mapping[nn.Module, list[str]], trace_options: Mapping[str, Any] | None
+) -> dict[nn.Module, list[nn.Module]]:
+    """Each chain whose gained bias must be folded, with the BatchNorms that absorb it."""
+    # fx names a shared module by its first path, as named_modules() does
+    first = {paths[0]: m for m, paths in paths_of.items() if isinstance(m, OverparamChain) and needs_bias_fold(m)}
+    found = find_following_batch_norms(model, first, **dict(trace_options or {}))
+    return {first[path]: [model.get_submodule(bn) for bn in bns] for path, bns in found.items()}
 
 
 def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None) -> nn.Module:
@@ -311,6 +360,7 @@ def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None
     The result's ``state_dict`` loads with ``strict=True`` into the unmodified architecture:
     a bias that batch norm inside a chain adds to a bias-free layer is folded into the
     BatchNorm that follows it (see :mod:`overparam.fold`), or a ``ValueError`` names the layer.
+    A chain shared by several paths is fused once and the same stock layer is set at each.
 
     Args:
         model: the model (a single chain returns its stock layer).
@@ -321,17 +371,29 @@ def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None
         if needs_bias_fold(model):
             raise ValueError("a lone chain with batch norm and bias=False has no BatchNorm to fold its bias into")
         return model.fuse()
-    folds = _folds(model, trace_options)
-    for path, module in list(model.named_modules()):
+    paths_of = _paths_by_module(model)
+    folds = _folds(model, paths_of, trace_options)
+    for module, paths in paths_of.items():
         if isinstance(module, OverparamChain):
             stock = module.fuse()
-            if path in folds:
-                bn = model.get_submodule(folds[path])
-                with torch.no_grad():
-                    bn.running_mean.sub_(stock.bias.to(bn.running_mean.dtype))
+            if module in folds:
+                for bn in folds[module]:
+                    with torch.no_grad():
+                        bn.running_mean.sub_(stock.bias.to(bn.running_mean.dtype))
                 stock.bias = None
-            _set_submodule(model, path, stock)
+            for path in paths:
+                _set_submodule(model, path, stock)
     return model
+
+
+def _owner(key: str, chain_at: Mapping[str, OverparamChain]) -> str | None:
+    """The path of the chain whose state holds ``key``, if any."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in chain_at:
+            return prefix
+    return None
 
 
 def collapsed_state_dict(
@@ -339,27 +401,38 @@ def collapsed_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The state dict of ``collapse(model)``, without changing ``model``.
 
-    Keys keep the model's order; each chain's keys become ``{path}.weight`` (and ``.bias``).
+    Keys keep the model's order; each chain's keys become ``{path}.weight`` (and ``.bias``) at
+    every path of the chain (a shared chain is collapsed once and its tensors repeated, as the
+    stock model's ``state_dict`` repeats a shared layer's).
     """
-    chains = {path: m for path, m in model.named_modules() if isinstance(m, OverparamChain)}
-    if "" in chains:
-        return dict(collapse(chains[""]).state_dict())
-    folds = _folds(model, trace_options)
+    if isinstance(model, OverparamChain):
+        return dict(collapse(model).state_dict())
+    paths_of = _paths_by_module(model)
+    chain_at = {p: m for m, paths in paths_of.items() if isinstance(m, OverparamChain) for p in paths}
+    folds = _folds(model, paths_of, trace_options)
+    collapsed: dict[OverparamChain, tuple[torch.Tensor, torch.Tensor | None]] = {}
     out: dict[str, torch.Tensor] = {}
-    gained: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        owner = next((p for p in chains if key.startswith(p + ".")), None)
+        owner = _owner(key, chain_at)
+        # a chain's own tensors (a ScaledStdConv2d's gain) are the stock layer's too: kept as they are
         if owner is None or not key[len(owner) + 1 :].startswith(OverparamChain.COLLAPSED_PREFIXES):
             out[key] = value
-        elif f"{owner}.weight" not in out:
+            continue
+        if f"{owner}.weight" in out:
+            continue
+        chain = chain_at[owner]
+        if chain not in collapsed:
             with torch.no_grad():
-                weight, bias = chains[owner]._weight_and_bias()
-            out[f"{owner}.weight"] = weight.detach()
-            if owner in folds:
-                gained[folds[owner]] = bias.detach()
-            elif bias is not None:
-                out[f"{owner}.bias"] = bias.detach()
-    for bn_path, bias in gained.items():
-        key = f"{bn_path}.running_mean"
-        out[key] = out[key] - bias.to(out[key].dtype)
+                weight, bias = chain._weight_and_bias()
+            collapsed[chain] = weight.detach(), bias if bias is None else bias.detach()
+        weight, bias = collapsed[chain]
+        out[f"{owner}.weight"] = weight
+        if bias is not None and chain not in folds:
+            out[f"{owner}.bias"] = bias
+    for chain, bns in folds.items():
+        bias = collapsed[chain][1]
+        for bn in bns:
+            for path in paths_of[bn]:
+                key = f"{path}.running_mean" if path else "running_mean"
+                out[key] = out[key] - bias.to(out[key].dtype)
     return out

@@ -50,24 +50,33 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+def _is_call_of(arg: object, path: str) -> bool:
+    return isinstance(arg, torch.fx.Node) and arg.op == "call_module" and arg.target == path
+
+
 def find_following_batch_norms(
     model: nn.Module,
     paths: Iterable[str],
     *,
     leaf_modules: Iterable[type[nn.Module]] = (),
     autowrap_functions: Iterable[Callable] = (),
-) -> dict[str, str]:
-    """Map each chain path to the path of the only BatchNorm that reads its output.
+) -> dict[str, tuple[str, ...]]:
+    """Map each chain path to the BatchNorms that read its output, one per call site.
+
+    A chain shared by several paths (one module, called at several places) is traced under its
+    first path in ``model.named_modules()``; each of its calls must feed exactly one BatchNorm,
+    and every call of such a BatchNorm must read this chain, otherwise its running mean could
+    not absorb the bias for all of its inputs.
 
     Args:
         model: the over-parameterized model.
-        paths: chain paths whose bias must be folded.
+        paths: chain paths whose bias must be folded (each chain's first path).
         leaf_modules: module types the tracer must not enter, besides the registered ones.
         autowrap_functions: functions the tracer must not enter, besides the registered ones.
 
     Raises:
-        ValueError: naming the layer, when the model cannot be traced or its output does not
-            go to exactly one BatchNorm with running statistics.
+        ValueError: naming the layer, when the model cannot be traced or an output of the layer
+            does not go to exactly one BatchNorm with running statistics that reads only it.
     """
     paths = list(paths)
     if not paths:
@@ -84,19 +93,28 @@ def find_following_batch_norms(
             f"cannot fold the bias gained by {paths[0]} (batch norm inside a bias-free layer): tracing the "
             f"model with torch.fx to find the BatchNorm after it failed: {type(err).__name__}: {err}"
         ) from err
-    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
-    found: dict[str, str] = {}
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    found: dict[str, tuple[str, ...]] = {}
     for path in paths:
-        node = nodes.get(path)
-        users = list(node.users) if node is not None else []
-        target = users[0].target if len(users) == 1 and users[0].op == "call_module" else None
-        bn = model.get_submodule(target) if target is not None else None
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
-            readers = ", ".join(str(u.target) for u in users) or "nothing"
-            raise ValueError(
-                f"layer {path!r} gains a bias from the batch norm inside its chain, but the stock layer has "
-                f"none and its output goes to {readers}, not to exactly one BatchNorm that could absorb it; "
-                f"use batch_norm=False for this layer"
+        bns: list[str] = []
+        for node in calls.get(path) or [None]:
+            users = list(node.users) if node is not None else []
+            target = str(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+            bn = model.get_submodule(target) if target is not None else None
+            reads_only_this = target is not None and all(
+                bool(call.args) and _is_call_of(call.args[0], path) for call in calls[target]
             )
-        found[path] = str(target)
+            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or not reads_only_this:
+                readers = ", ".join(str(u.target) for u in users) or "nothing"
+                raise ValueError(
+                    f"layer {path!r} gains a bias from the batch norm inside its chain, but the stock layer has "
+                    f"none and its output goes to {readers}, not to exactly one BatchNorm that reads only this "
+                    f"layer and could absorb it; use batch_norm=False for this layer"
+                )
+            if target not in bns:
+                bns.append(target)
+        found[path] = tuple(bns)
     return found
