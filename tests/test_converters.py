@@ -24,7 +24,7 @@ from overparam_zoo.converters import (
 )
 from overparam_zoo.registry import converters
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 F64 = torch.float64
 STANDARDISED = (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)

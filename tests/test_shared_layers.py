@@ -10,7 +10,7 @@ from overparam import OverparamChain, collapse, collapsed_state_dict, convert_mo
 from overparam.convert import LayerConversionError
 from overparam_zoo.registry import converters
 
-from .conftest import relative_error
+from .helpers import relative_error
 
 
 class Block(nn.Module):

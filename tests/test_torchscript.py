@@ -14,7 +14,7 @@ import overparam_zoo  # noqa: F401  (registers the variants)
 from overparam import OverparamChain, OverparamConv2d, OverparamLinear, convert_model
 from overparam_zoo.registry import converters
 
-from .conftest import randomize_, relative_error
+from .helpers import randomize_, relative_error
 
 F64 = torch.float64
 SCRIPT_WARNING = "collapses the eager model too"

@@ -21,7 +21,7 @@ import overparam_zoo
 from overparam import OverparamChain, convert_model
 from overparam_zoo.registry import converters
 
-from .conftest import relative_error
+from .helpers import relative_error
 
 ROWS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "zoo_families.json").read_text())
 
