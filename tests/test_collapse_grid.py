@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from overparam import OverparamConv2d, OverparamLinear
+from overparam import ChainOptions, OverparamConv2d, OverparamLinear
 from overparam.plan import make_plan
 
 from .helpers import randomize_, relative_error
@@ -102,7 +102,8 @@ def test_grid_oracle_agrees_with_plan():
     for kernels, width, intervals in itertools.product([[3, 1], [1, 3, 5], [2, 2], [3] * 4], WIDTHS, INTERVALS):
         ok = skips_possible(4, width, kernels, intervals)
         try:
-            make_plan(4, 4, ndim=2, kernel_sizes=kernels, width=width, residual=True, residual_intervals=intervals)
+            options = ChainOptions(kernel_sizes=kernels, width=width, residual=True, residual_intervals=intervals)
+            make_plan(4, 4, ndim=2, options=options)
             assert ok
         except ValueError:
             assert not ok
