@@ -15,7 +15,7 @@ import sys
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS: tuple[str, ...] = ("demo", "list", "show", "run", "export", "verify", "spectrum")
+COMMANDS: tuple[str, ...] = ("demo", "compare", "list", "show", "run", "export", "verify", "spectrum")
 
 
 def build_parser() -> argparse.ArgumentParser:

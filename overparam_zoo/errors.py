@@ -17,6 +17,7 @@ __all__ = [
     "ExportError",
     "PublishError",
     "DataError",
+    "CompareError",
 ]
 
 
@@ -56,3 +57,8 @@ class PublishError(OverparamZooError):
 
 class DataError(OverparamZooError):
     """A dataset that cannot be used (missing folder, missing optional dependency)."""
+
+
+class CompareError(OverparamZooError):
+    """A comparison that cannot run as asked (settings that differ from the runs already in its
+    output folder, a missing optional dependency, a batch larger than the data)."""
