@@ -33,7 +33,7 @@ from torch import nn
 
 from overparam.analysis import embedding_effective_rank, spectrum
 
-from .compare_report import VERDICT_RULE, markdown_table, plot_comparison, summarize_model
+from .compare_report import VERDICT_RULE, markdown_table, plot_comparison, summarize_model, usual_permissions
 from .datasets import ImageData, load_bundled, load_image_folder
 from .errors import CompareError, UnknownModelError
 from .training import TrainSettings, evaluate, make_loaders, train_model
@@ -117,6 +117,7 @@ def _write_json(path: Path, payload: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -215,11 +216,11 @@ def _run_one(
     model = _build(spec, data)
     params_training = _params(model)
     torch.manual_seed(seed)  # the same batch order (and augmentation) for every model at this seed
-    trained, train_seconds = train_model(model, loaders[0], settings, label=f"{spec.name} seed {seed}")
-    result = evaluate(trained, loaders[1], settings.device)
-    deployed_model, deployed = trained, None
+    trained = train_model(model, loaders[0], settings, label=f"{spec.name} seed {seed}")
+    result = evaluate(trained.model, loaders[1], settings.device)
+    deployed_model, deployed = trained.model, None
     if spec.is_variant:
-        exported = export_collapsed(trained.cpu(), export_dir, force=True)
+        exported = export_collapsed(trained.model.cpu(), export_dir, force=True)
         deployed_model = timm.create_model(f"local-dir:{export_dir}", pretrained=True)
         again = evaluate(deployed_model, loaders[1], settings.device)
         deployed = {
@@ -238,7 +239,8 @@ def _run_one(
         "seed": seed,
         "top1": result.top1,
         "test_loss": result.loss,
-        "train_seconds": train_seconds,
+        "train_seconds": trained.seconds,
+        "train_loss_last_epoch": trained.last_epoch_loss,
         "params_training": params_training,
         "params_deployed": _params(deployed_model),
         "feature_effective_rank": embedding_effective_rank(result.features),
@@ -327,7 +329,7 @@ def run_compare(
     start = time.perf_counter()
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     trained, resumed = [], []
-    todo = [(spec, seed) for spec in specs for seed in range(seeds)]
+    todo = [(spec, seed) for seed in range(seeds) for spec in specs]  # every model at a seed first
     for spec, seed in todo:
         record = store.load(spec.name, seed)
         if record is not None:
@@ -351,7 +353,7 @@ def run_compare(
     bar.close()
     summaries = _write_results(out, specs, seeds, runs, data, settings)
     title = (
-        f"{data.name}: {seeds} seeds, {settings.epochs} epochs, {settings.input_size}px, {settings.opt} lr {settings.lr} "
+        f"{data.name}: seeds {seeds}, epochs {settings.epochs}, {settings.input_size}px, {settings.opt} lr {settings.lr} "
         f"(overparam-zoo compare)"
     )
     figure = plot_comparison(summaries, out / "compare.png", title)

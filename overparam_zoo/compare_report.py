@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VERDICT_RULE", "ALPHA", "summarize_model", "welch_verdict", "markdown_table", "plot_comparison"]
+__all__ = [
+    "VERDICT_RULE",
+    "ALPHA",
+    "summarize_model",
+    "welch_verdict",
+    "markdown_table",
+    "plot_comparison",
+    "usual_permissions",
+]
 
 ALPHA = 0.05
 VERDICT_RULE = (
@@ -26,6 +34,13 @@ VERDICT_RULE = (
     f"per-seed top-1 accuracies gives p < {ALPHA}; otherwise 'no difference' (the gap is within the seed "
     "spread); no call with fewer than 2 seeds. Std is over seeds (ddof=1)."
 )
+
+
+def usual_permissions(path: Path) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode a plain ``open`` would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
@@ -179,7 +194,7 @@ def plot_comparison(summaries: Sequence[dict[str, Any]], path: str | Path, title
     ax_acc.set_title("accuracy")
     for ax, key, label in (
         (ax_feat, "feature_effective_rank", "effective rank of penultimate features"),
-        (ax_weight, "weight_effective_rank", "mean relative effective rank of weights"),
+        (ax_weight, "weight_effective_rank", "mean relative effective rank of (collapsed) weights"),
     ):
         for name, line in _families(summaries).items():
             ax.errorbar(
@@ -190,17 +205,21 @@ def plot_comparison(summaries: Sequence[dict[str, Any]], path: str | Path, title
                 capsize=4,
                 label=name,
             )
-        ax.set_xlabel("depth of each chain (1 = stock)")
+        depths = sorted({s["depth"] for s in summaries})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.set_xlabel("depth of each chain (1 = stock)")
         ax.set_ylabel(label)
-        ax.set_title(label.split(" of ")[0] + " vs depth")
-        ax.legend(fontsize=8)
+        ax.set_title(label + " vs depth", fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        usual_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

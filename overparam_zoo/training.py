@@ -20,7 +20,7 @@ from torch import nn
 
 from .datasets import ImageData
 
-__all__ = ["TrainSettings", "Evaluation", "make_loaders", "train_model", "evaluate"]
+__all__ = ["TrainSettings", "Trained", "Evaluation", "make_loaders", "train_model", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,17 @@ class TrainSettings:
     amp: bool = False
     device: str = "cpu"
     threads: int = 1
+
+
+@dataclass
+class Trained:
+    """A finished training: the model to evaluate (the EMA copy with ``model_ema``), the wall
+    time of the training loop in seconds (data loading included) and the mean training loss
+    over the last epoch (with label smoothing), which tells under- from over-fitting."""
+
+    model: nn.Module
+    seconds: float
+    last_epoch_loss: float
 
 
 @dataclass
@@ -99,9 +110,8 @@ def _autocast(settings: TrainSettings):
 
 def train_model(
     model: nn.Module, loader: torch.utils.data.DataLoader, settings: TrainSettings, *, label: str = ""
-) -> tuple[nn.Module, float]:
-    """Train ``model`` in place by ``settings``; return the model to evaluate (the EMA copy when
-    ``settings.model_ema``) and the training wall time in seconds (data loading included)."""
+) -> Trained:
+    """Train ``model`` in place by ``settings``, the same way for every model of a comparison."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -125,6 +135,7 @@ def train_model(
     start = time.perf_counter()
     updates = 0
     for epoch in range(settings.epochs):
+        epoch_loss = torch.zeros(())
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             with _autocast(settings):
@@ -133,6 +144,7 @@ def train_model(
             loss.backward()
             optimizer.step()
             updates += 1
+            epoch_loss += loss.detach().float().cpu()
             scheduler.step_update(num_updates=updates)
             if ema is not None:
                 ema.update(model, step=updates)
@@ -142,7 +154,7 @@ def train_model(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     bar.close()
-    return (ema.module if ema is not None else model), seconds
+    return Trained(ema.module if ema is not None else model, seconds, float(epoch_loss) / steps)
 
 
 @torch.no_grad()
