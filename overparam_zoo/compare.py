@@ -256,8 +256,9 @@ def _environment(settings: TrainSettings) -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux: keep platform's answer
         pass
     device = settings.device
     if torch.device(device).type == "cuda":

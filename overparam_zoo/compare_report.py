@@ -79,6 +79,7 @@ def summarize_model(runs: Sequence[dict[str, Any]], base_runs: Sequence[dict[str
         "seeds": [r["seed"] for r in runs],
         "top1": _stats(top1),
         "test_loss": _stats([r["test_loss"] for r in runs]),
+        "train_loss_last_epoch": _stats([r["train_loss_last_epoch"] for r in runs]),
         "train_seconds": train_seconds,
         "params_training": first["params_training"],
         "params_deployed": first["params_deployed"],
@@ -90,8 +91,8 @@ def summarize_model(runs: Sequence[dict[str, Any]], base_runs: Sequence[dict[str
     }
     if all(r["deployed"] is not None for r in runs):
         summary["deployed"] = {
-            "top1_per_seed": [r["deployed"]["top1"] for r in runs],
-            "equal_to_trained": all(r["deployed"]["predictions_equal"] for r in runs),
+            "top1": _stats([r["deployed"]["top1"] for r in runs]),
+            "predictions_equal": all(r["deployed"]["predictions_equal"] for r in runs),
             "max_logit_difference": max(r["deployed"]["max_logit_difference"] for r in runs),
         }
     if base_runs:
@@ -120,7 +121,7 @@ def _row(s: dict[str, Any]) -> list[str]:
     if deployed is None:
         same = "— (stock)"
     else:
-        same = f"{'yes' if deployed['equal_to_trained'] else 'NO'} ({deployed['max_logit_difference']:.0e})"
+        same = f"{deployed['top1']['mean'] * 100:.2f} ({'=' if deployed['predictions_equal'] else 'NOT ='} trained)"
     return [
         s["model"],
         str(s["depth"]),
@@ -151,7 +152,7 @@ HEADER = [
     "params train / deployed",
     "feature erank",
     "weight erank",
-    "deployed = trained (max Δlogit)",
+    "deployed top-1 %",
 ]
 
 

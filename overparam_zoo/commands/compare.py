@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         f"wall time {result.seconds:.0f} s"
     )
     print(f"results: {result.results_path}\nfigure: {result.figure_path}")
-    mismatched = [s["model"] for s in result.summaries if s["deployed"] and not s["deployed"]["equal_to_trained"]]
+    mismatched = [s["model"] for s in result.summaries if s["deployed"] and not s["deployed"]["predictions_equal"]]
     if mismatched:
         print(f"the exported stock model does NOT reproduce the predictions of: {', '.join(mismatched)}")
     return 1 if mismatched else 0
