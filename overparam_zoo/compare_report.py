@@ -179,23 +179,28 @@ def _families(summaries: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, A
 
 
 def plot_comparison(summaries: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
-    """A PNG: top-1 per model (mean ± std, seeds as dots), feature and weight effective rank vs
-    depth. Written atomically. Uses matplotlib's object API, so no global backend is changed."""
+    """A PNG: top-1 per model (mean ± std, seeds as dots; one panel per base, so each has its own
+    scale), then feature and weight effective rank vs depth. Written atomically. Uses
+    matplotlib's object API, so no global backend is changed."""
     from matplotlib.figure import Figure
 
     path = Path(path)
-    fig = Figure(figsize=(15, 4.8), layout="constrained")
-    ax_acc, ax_feat, ax_weight = fig.subplots(1, 3)
-    for i, s in enumerate(summaries):
-        seeds = [v * 100 for v in s["top1"]["per_seed"]]
-        ax_acc.errorbar(i, s["top1"]["mean"] * 100, yerr=(s["top1"]["std"] or 0) * 100, fmt="o", capsize=4, color="C0")
-        ax_acc.scatter([i + 0.12] * len(seeds), seeds, s=10, color="0.5", zorder=3)
-    ax_acc.set_xticks(range(len(summaries)), [s["model"] for s in summaries], rotation=35, ha="right", fontsize=8)
-    ax_acc.set_ylabel("test top-1 % (mean ± std; dots: seeds)")
-    ax_acc.set_title("accuracy")
-    for ax, key, label in (
-        (ax_feat, "feature_effective_rank", "effective rank of penultimate features"),
-        (ax_weight, "weight_effective_rank", "mean relative effective rank of (collapsed) weights"),
+    bases = list(dict.fromkeys(s["base"] for s in summaries))
+    fig = Figure(figsize=(4.4 * (len(bases) + 2), 4.8), layout="constrained")
+    *acc_axes, ax_feat, ax_weight = fig.subplots(1, len(bases) + 2)
+    for ax_acc, base in zip(acc_axes, bases):
+        models = [s for s in summaries if s["base"] == base]
+        for i, s in enumerate(models):
+            seeds = [v * 100 for v in s["top1"]["per_seed"]]
+            ax_acc.errorbar(i, s["top1"]["mean"] * 100, yerr=(s["top1"]["std"] or 0) * 100, fmt="o", capsize=4)
+            ax_acc.scatter([i + 0.15] * len(seeds), seeds, s=10, color="0.5", zorder=3)
+        ax_acc.set_xticks(range(len(models)), [s["model"] for s in models], rotation=30, ha="right", fontsize=8)
+        ax_acc.set_xlim(-0.5, len(models) - 0.5)
+        ax_acc.set_ylabel("test top-1 % (mean ± std; dots: seeds)")
+        ax_acc.set_title(f"{base}: accuracy", fontsize=10)
+    for ax, key, short, label in (
+        (ax_feat, "feature_effective_rank", "feature erank", "effective rank of penultimate features (test set)"),
+        (ax_weight, "weight_effective_rank", "weight erank", "mean over layers of effective rank / max rank"),
     ):
         for name, line in _families(summaries).items():
             ax.errorbar(
@@ -211,7 +216,7 @@ def plot_comparison(summaries: Sequence[dict[str, Any]], path: str | Path, title
         ax.set_xticks(depths, [str(d) for d in depths])
         ax.set_xlabel("depth of each chain (1 = stock)")
         ax.set_ylabel(label)
-        ax.set_title(label + " vs depth", fontsize=10)
+        ax.set_title(f"{short} vs depth", fontsize=10)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
