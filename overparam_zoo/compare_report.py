@@ -116,7 +116,7 @@ def _row(s: dict[str, Any]) -> list[str]:
     else:
         difference = f"{verdict['difference'] * 100:+.2f}"
         p = verdict["p_value"]
-        call = verdict["call"] + (f" (p={p:.2f})" if p is not None else "")
+        call = verdict["call"] + (f" (p={p:.2g})" if p is not None else "")
     deployed = s["deployed"]
     if deployed is None:
         same = "— (stock)"
