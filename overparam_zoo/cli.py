@@ -15,13 +15,13 @@ import sys
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS: tuple[str, ...] = ("demo", "list", "show", "run", "export", "push", "verify", "spectrum")
+COMMANDS: tuple[str, ...] = ("demo", "compare", "list", "show", "run", "export", "push", "verify", "spectrum")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="overparam-zoo",
-        description="Over-parameterized timm/torchvision models: list, inspect, export, push, verify, train.",
+        description="Over-parameterized timm/torchvision models: list, inspect, compare, export, push, verify, train.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

