@@ -12,6 +12,7 @@ from typing import Any
 from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.padding import pad_same
 from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from overparam import OverparamConv2d, OverparamLinear, from_stock
 
@@ -77,6 +78,14 @@ def refuse_weight_standardisation(module: nn.Module, **options: Any) -> nn.Modul
     )
 
 
+def refuse_multihead_attention(module: nn.Module, **options: Any) -> nn.Module:
+    raise NotImplementedError(
+        "NonDynamicallyQuantizableLinear is the out_proj of an nn.MultiheadAttention, whose forward reads "
+        "out_proj.weight and its bare in_proj_weight directly instead of calling layers, so no chain can stand "
+        "for either; the attention's projections stay stock"
+    )
+
+
 TIMM_CONVERTERS: dict[type[nn.Module], Any] = {
     Linear: convert_timm_linear,
     Conv2dSame: convert_conv2d_same,
@@ -84,4 +93,5 @@ TIMM_CONVERTERS: dict[type[nn.Module], Any] = {
     StdConv2dSame: refuse_weight_standardisation,
     ScaledStdConv2d: refuse_weight_standardisation,
     ScaledStdConv2dSame: refuse_weight_standardisation,
+    NonDynamicallyQuantizableLinear: refuse_multihead_attention,
 }

@@ -26,12 +26,22 @@ from .conftest import relative_error
 ROWS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "zoo_families.json").read_text())
 
 # family -> the layer types its conversion refuses (the reason names them); the rest must convert
-REFUSED: dict[str, tuple[str, ...]] = {}
+REFUSED: dict[str, tuple[str, ...]] = {
+    "torchvision:vision_transformer": ("nn.MultiheadAttention",),
+}
 
 # family -> why it fails today, for layer types whose fix is under way elsewhere (strict: flips when fixed)
-XFAIL: dict[str, str] = {}
+_SAME = "timm Conv2dSame pads twice when its chain trains expanded (issue 11: one input hook in overparam/chain.py)"
+_STD = "{} is left stock: weight-standardised convs are not converted yet (issue 11: StdConv2d family converters)"
+XFAIL: dict[str, str] = {
+    "timm:nasnet": _SAME,
+    "timm:pnasnet": _SAME,
+    "timm:nfnet": _STD.format("ScaledStdConv2d"),
+    "timm:vision_transformer_hybrid": _STD.format("StdConv2dSame"),
+}
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+NUM_CLASSES = 8  # as benchmarks/zoo_families.py builds every model
 
 
 def build(row: dict[str, Any]) -> nn.Module:
@@ -79,10 +89,14 @@ def test_family_converts_trains_and_collapses_exactly(row):
 
     model.train()
     x = torch.randn(2, 3, size, size, dtype=dtype)
-    sum(t.square().mean() for t in tensors(model(x)) if t.is_floating_point()).backward()
-    chain = model.get_submodule(report.converted[0])
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in chain.parameters())
-    torch.optim.SGD(model.parameters(), lr=0.01).step()
+    target = torch.randint(NUM_CLASSES, (2,))
+    logits = [t for t in tensors(model(x)) if t.shape == (2, NUM_CLASSES)]  # with aux / distillation heads
+    sum(nn.functional.cross_entropy(t, target) for t in logits).backward()
+    chains = [model.get_submodule(path) for path in report.converted]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for c in chains for p in c.parameters())
+    # batch norm over 2 samples at tiny resolutions gives huge gradients: bound the step
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
 
     model.eval()
     with torch.no_grad():
