@@ -447,7 +447,6 @@ def collapsed_state_dict(
     for chain, bns in folds.items():
         bias = collapsed[chain][1]
         for bn in bns:
-            for path in paths_of[bn]:
-                key = f"{path}.running_mean" if path else "running_mean"
+            for key in (f"{path}.running_mean" for path in paths_of[bn]):
                 out[key] = out[key] - bias.to(out[key].dtype)
     return out
