@@ -1,11 +1,12 @@
 """Pick one small model per architecture family of timm and torchvision for the zoo-wide test.
 
 A family is a timm model module (``timm.list_modules()``) or the torchvision module that
-defines a classification builder. Per family the candidates are tried smallest first (parameter
-count built on the meta device, with ``SHRINK``'s constructor arguments where a family has no
-small model); the first that builds and runs a batch of 2 is kept, at the smallest input size
-it accepts from ``SIZES`` (through ``img_size``/``image_size`` where the builder takes it), in
-float64 where it runs in float64. The table goes to ``tests/zoo_families.json``.
+defines a classification builder. Per family the smallest few models are tried (parameters
+counted on the meta device, with ``SHRINK``'s constructor arguments where a family has no small
+model), each at the smallest input size from ``SIZES`` at which it runs a batch of 2 in training
+and eval (through ``img_size``/``image_size`` only where it needs it); the cheapest (parameters
+times pixels) is kept, in float64 where it runs in float64 and is cheap enough. The table goes
+to ``tests/zoo_families.json``.
 
     python benchmarks/zoo_families.py                      # every family (~15 min on 2 cores)
     python benchmarks/zoo_families.py --families timm:vgg  # refresh some rows, keep the others
@@ -29,6 +30,7 @@ TABLE = Path(__file__).resolve().parent.parent / "tests" / "zoo_families.json"
 SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
 NUM_CLASSES = 8
 CANDIDATES = 4  # per family, smallest first
+FLOAT64_MAX_PARAMS = 50_000_000  # larger models (and 224 px inputs) run in float32: float64 doubles their time
 
 # Constructor arguments that shrink a family whose smallest registered model is large (depth,
 # width); the family's own blocks still run. Keyed by model name.
@@ -77,9 +79,12 @@ def count_params(zoo: str, name: str) -> int | None:
 
 
 def runs(model: nn.Module, size: int, dtype: torch.dtype) -> bool:
+    """Whether ``model`` runs a batch of 2 in training and in eval, and gives logits in eval."""
+    x = torch.randn(2, 3, size, size, dtype=dtype)
     try:
+        model.to(dtype).train()(x)
         with torch.no_grad():
-            out = model.to(dtype).eval()(torch.randn(2, 3, size, size, dtype=dtype))
+            out = model.eval()(x)
     except Exception:
         return False
     out = out[0] if isinstance(out, (tuple, list)) else out
@@ -87,9 +92,10 @@ def runs(model: nn.Module, size: int, dtype: torch.dtype) -> bool:
 
 
 def default_size(zoo: str, name: str) -> int:
+    """The input size of the model's pretrained weights."""
     if zoo == "timm":
         return int(timm.models.get_pretrained_cfg(name).input_size[-1])
-    return 224
+    return int(torchvision.models.get_model_weights(name).DEFAULT.transforms.keywords.get("crop_size", 224))
 
 
 def probe(zoo: str, name: str) -> dict[str, Any] | None:
@@ -104,7 +110,8 @@ def probe(zoo: str, name: str) -> dict[str, Any] | None:
             except Exception:
                 continue
             if runs(model, size, torch.float32):
-                dtype = "float64" if runs(model, size, torch.float64) else "float32"
+                costly = sum(p.numel() for p in model.parameters()) > FLOAT64_MAX_PARAMS or size >= 224
+                dtype = "float64" if not costly and runs(model, size, torch.float64) else "float32"
                 return {"kwargs": kwargs, "input_size": size, "dtype": dtype}
     return None
 

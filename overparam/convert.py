@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -401,18 +402,23 @@ def collapsed_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The state dict of ``collapse(model)``, without changing ``model``.
 
-    Keys keep the model's order; each chain's keys become ``{path}.weight`` (and ``.bias``) at
-    every path of the chain (a shared chain is collapsed once and its tensors repeated, as the
-    stock model's ``state_dict`` repeats a shared layer's).
+    Keys keep the model's order, and the module versions that ``load_state_dict`` reads are
+    kept. Each chain's keys become ``{path}.weight`` (and ``.bias``) at every path of the chain
+    (a shared chain is collapsed once and its tensors repeated, as the stock model's
+    ``state_dict`` repeats a shared layer's).
     """
     if isinstance(model, OverparamChain):
-        return dict(collapse(model).state_dict())
+        return collapse(model).state_dict()
     paths_of = _paths_by_module(model)
     chain_at = {p: m for m, paths in paths_of.items() if isinstance(m, OverparamChain) for p in paths}
     folds = _folds(model, paths_of, trace_options)
     collapsed: dict[OverparamChain, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    state = model.state_dict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    # load_state_dict hands each module its version from here (torchvision's MNASNet refuses to load without)
+    inside = tuple(p + "." for p in chain_at)
+    out._metadata = OrderedDict((k, v) for k, v in state._metadata.items() if not k.startswith(inside))  # type: ignore[attr-defined]
+    for key, value in state.items():
         owner = _owner(key, chain_at)
         # a chain's own tensors (a ScaledStdConv2d's gain) are the stock layer's too: kept as they are
         if owner is None or not key[len(owner) + 1 :].startswith(OverparamChain.COLLAPSED_PREFIXES):
@@ -432,7 +438,6 @@ def collapsed_state_dict(
     for chain, bns in folds.items():
         bias = collapsed[chain][1]
         for bn in bns:
-            for path in paths_of[bn]:
-                key = f"{path}.running_mean" if path else "running_mean"
+            for key in (f"{path}.running_mean" for path in paths_of[bn]):
                 out[key] = out[key] - bias.to(out[key].dtype)
     return out

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.padding import pad_same
 from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from overparam import OverparamChain, OverparamConv2d, OverparamLinear, from_stock
 
@@ -239,8 +240,17 @@ def convert_standardised_conv(module: nn.Module, **options: Any) -> nn.Module:
     return chain
 
 
+def refuse_multihead_attention(module: nn.Module, **options: Any) -> nn.Module:
+    raise NotImplementedError(
+        "NonDynamicallyQuantizableLinear is the out_proj of an nn.MultiheadAttention, whose forward reads "
+        "out_proj.weight and its bare in_proj_weight directly instead of calling layers, so no chain can stand "
+        "for either; the attention's projections stay stock"
+    )
+
+
 TIMM_CONVERTERS: dict[type[nn.Module], Any] = {
     Linear: convert_timm_linear,
     Conv2dSame: convert_conv2d_same,
     **{cls: convert_standardised_conv for cls in _STANDARDISED_CHAINS},
+    NonDynamicallyQuantizableLinear: refuse_multihead_attention,
 }

@@ -152,3 +152,11 @@ def test_timm_reparameterize_model_collapses_through_fuse():
         stock = reparameterize_model(model)
         assert not any(isinstance(m, OverparamChain) for m in stock.modules())
         assert relative_error(stock(x), expected) < 1e-5
+
+
+def test_collapsed_state_dict_keeps_module_versions():
+    # torchvision's MNASNet reads its version from the state dict's metadata and refuses to load without it
+    model = torchvision.models.mnasnet0_5(num_classes=3)
+    convert_model(model, depth=2)
+    stock = torchvision.models.mnasnet0_5(num_classes=3)
+    stock.load_state_dict(collapsed_state_dict(model), strict=True)
