@@ -8,7 +8,7 @@ and eval (through ``img_size``/``image_size`` only where it needs it); the cheap
 times pixels) is kept, in float64 where it runs in float64 and is cheap enough. The table goes
 to ``tests/zoo_families.json``.
 
-    python benchmarks/zoo_families.py                      # every family (~15 min on 2 cores)
+    python benchmarks/zoo_families.py                      # every family (~10 min on 2 cores)
     python benchmarks/zoo_families.py --families timm:vgg  # refresh some rows, keep the others
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,10 +48,12 @@ SHRINK: dict[str, dict[str, Any]] = {
 
 
 def timm_families() -> dict[str, list[str]]:
+    """Model names per timm model module (one module per architecture)."""
     return {module: timm.list_models(module=module) for module in timm.list_modules()}
 
 
 def torchvision_families() -> dict[str, list[str]]:
+    """Classification model names per torchvision module that defines their builders."""
     families: dict[str, list[str]] = {}
     for name in torchvision.models.list_models(module=torchvision.models):
         module = torchvision.models.get_model_builder(name).__module__.rsplit(".", 1)[-1]
@@ -68,6 +69,7 @@ def build(zoo: str, name: str, **kwargs: Any) -> nn.Module:
 
 
 def count_params(zoo: str, name: str) -> int | None:
+    """Parameters of the (shrunk) model, built on the meta device so nothing is allocated."""
     kwargs = {"num_classes": NUM_CLASSES, **SHRINK.get(name, {})}
     for device in ("meta", "cpu"):  # a few builders need real tensors
         try:
@@ -121,13 +123,12 @@ def pick(zoo: str, family: str, names: list[str]) -> dict[str, Any]:
     counted = sorted((n, name) for name in names if (n := count_params(zoo, name)) is not None)
     found, failed = [], []
     for params, name in counted[:CANDIDATES]:
-        start = time.perf_counter()
         row = probe(zoo, name)
         if row is None:
             failed.append(name)
             continue
         row = {"zoo": zoo, "family": family, "model": name, **row, "params_m": round(params / 1e6, 3)}
-        found.append({**row, "probe_s": round(time.perf_counter() - start, 1)})
+        found.append(row)
         if row["input_size"] == SIZES[0]:  # no larger candidate is cheaper
             break
     if not found:
