@@ -74,76 +74,98 @@ class OverparamConv2dSame(OverparamConv2d):
         )
 
 
-class OverparamStdConv2d(OverparamConv2d):
-    """A chain standing for timm's ``StdConv2d`` (BiT, ResNetV2).
-
-    The stock layer standardises its weight per output channel in every forward; applied to
-    the chain's effective weight, that is the same function, exactly. It is not linear in
-    the factors, so the chain trains composed only (no batch norm inside it).
-    """
+class _StandardisedConv2d(OverparamConv2d):
+    """What timm's weight-standardised convs share: the stock layer standardises its weight per
+    output channel in every forward (optionally scaled per channel); applied to the chain's
+    effective weight that is the same function, exactly. It is not linear in the factors, so
+    the chain trains composed only (no batch norm inside it)."""
 
     composed_only = _STANDARDISED
     #: the standardisation's epsilon; the converter copies the stock layer's
     eps: float = 1e-6
+    #: the timm class ``fuse()`` gives back
+    stock_class: type[nn.Module]
+    #: the stock constructor's name for the input channels (``StdConv2d`` says ``in_channel``)
+    _in_channels_arg = "in_channels"
 
     def adopt_settings_(self, stock: nn.Module) -> None:
         """Take the stock layer's settings besides its weight and bias (``eps``)."""
         self.eps = stock.eps
 
+    def _channel_scale(self) -> Tensor | None:
+        """Per-channel factor applied after standardising (``None``: none)."""
+        return None
+
     def _transform_weight(self, weight: Tensor) -> Tensor:
         return F.batch_norm(
-            weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
+            weight.reshape(1, self.out_channels, -1),
+            None,
+            None,
+            weight=self._channel_scale(),
+            training=True,
+            momentum=0.0,
+            eps=self.eps,
         ).reshape_as(weight)
 
     def _stock_init(self) -> dict[str, Any]:
-        return dict(
-            in_channel=self.in_channels,
-            out_channels=self.out_channels,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            eps=self.eps,
-        )
+        return {
+            self._in_channels_arg: self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+            "eps": self.eps,
+        }
+
+    def _finish(self, stock: nn.Module) -> nn.Module:
+        """Settings the stock constructor does not take."""
+        return stock
 
     def fuse(self) -> nn.Module:
-        return _fused_as(self, StdConv2d, **self._stock_init())
+        return self._finish(_fused_as(self, self.stock_class, **self._stock_init()))
 
 
-class OverparamStdConv2dSame(OverparamStdConv2d):
-    """A chain standing for timm's ``StdConv2dSame`` (ViT hybrids): ``StdConv2d`` with
-    TensorFlow "same" padding, dynamic (from the input size) when it cannot be static."""
+class _SamePadded:
+    """The ``Same`` variants: TensorFlow "same" padding, dynamic (from the input size, once,
+    before the chain) when it cannot be static. Mixed in before a standardised chain class."""
 
     #: whether the padding is computed from the input size in every forward
     same_pad: bool = False
 
     def adopt_settings_(self, stock: nn.Module) -> None:
-        """Take the stock layer's settings besides its weight and bias (``eps``, ``same_pad``)."""
-        super().adopt_settings_(stock)
+        super().adopt_settings_(stock)  # type: ignore[misc]
         self.same_pad = stock.same_pad
 
     def _prepare_input(self, x: Tensor) -> Tensor:
-        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x
+        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x  # type: ignore[attr-defined]
 
-    def fuse(self) -> nn.Module:
+    def _stock_init(self) -> dict[str, Any]:
         # "SAME" rebuilds the dynamic padding; a static one is passed as it is
-        init = {**self._stock_init(), "padding": "SAME" if self.same_pad else self.padding}
-        return _fused_as(self, StdConv2dSame, **init)
+        init = super()._stock_init()  # type: ignore[misc]
+        return {**init, "padding": "SAME" if self.same_pad else init["padding"]}
 
 
-class OverparamScaledStdConv2d(OverparamConv2d):
-    """A chain standing for timm's ``ScaledStdConv2d`` (NFNet, NF-ResNet, NF-RegNet).
+class OverparamStdConv2d(_StandardisedConv2d):
+    """A chain standing for timm's ``StdConv2d`` (BiT, ResNetV2)."""
 
-    The stock layer standardises its weight per output channel and scales it by a learned
-    ``gain`` times a constant ``scale`` in every forward; applied to the chain's effective
-    weight that is the same function, exactly. The chain holds ``gain`` itself (one per
-    output channel, as the stock layer) and trains composed only.
-    """
+    stock_class = StdConv2d
+    _in_channels_arg = "in_channel"
 
-    composed_only = _STANDARDISED
-    #: the standardisation's epsilon; the converter copies the stock layer's
-    eps: float = 1e-6
+
+class OverparamStdConv2dSame(_SamePadded, OverparamStdConv2d):
+    """A chain standing for timm's ``StdConv2dSame`` (ViT hybrids)."""
+
+    stock_class = StdConv2dSame
+
+
+class OverparamScaledStdConv2d(_StandardisedConv2d):
+    """A chain standing for timm's ``ScaledStdConv2d`` (NFNet, NF-ResNet, NF-RegNet): the
+    standardised weight is scaled by a learned ``gain`` times a constant ``scale``. The chain
+    holds ``gain`` itself (one per output channel, as the stock layer)."""
+
+    stock_class = ScaledStdConv2d
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -155,61 +177,23 @@ class OverparamScaledStdConv2d(OverparamConv2d):
 
     def adopt_settings_(self, stock: nn.Module) -> None:
         """Take the stock layer's settings besides its weight and bias (``gain``, ``scale``, ``eps``)."""
+        super().adopt_settings_(stock)
         with torch.no_grad():
             self.gain.copy_(stock.gain)
         self.scale = stock.scale
-        self.eps = stock.eps
 
-    def _transform_weight(self, weight: Tensor) -> Tensor:
-        return F.batch_norm(
-            weight.reshape(1, self.out_channels, -1),
-            None,
-            None,
-            weight=(self.gain * self.scale).view(-1),
-            training=True,
-            momentum=0.0,
-            eps=self.eps,
-        ).reshape_as(weight)
-
-    def _stock_init(self) -> dict[str, Any]:
-        return dict(
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            eps=self.eps,
-        )
+    def _channel_scale(self) -> Tensor:
+        return (self.gain * self.scale).view(-1)
 
     def _finish(self, stock: nn.Module) -> nn.Module:
         stock.scale = self.scale
         return stock
 
-    def fuse(self) -> nn.Module:
-        return self._finish(_fused_as(self, ScaledStdConv2d, **self._stock_init()))
 
+class OverparamScaledStdConv2dSame(_SamePadded, OverparamScaledStdConv2d):
+    """A chain standing for timm's ``ScaledStdConv2dSame`` (the ``tf`` NFNets)."""
 
-class OverparamScaledStdConv2dSame(OverparamScaledStdConv2d):
-    """A chain standing for timm's ``ScaledStdConv2dSame`` (the ``tf`` NFNets):
-    ``ScaledStdConv2d`` with TensorFlow "same" padding, dynamic when it cannot be static."""
-
-    #: whether the padding is computed from the input size in every forward
-    same_pad: bool = False
-
-    def adopt_settings_(self, stock: nn.Module) -> None:
-        """Take the stock layer's settings besides its weight and bias (``gain``, ``scale``,
-        ``eps``, ``same_pad``)."""
-        super().adopt_settings_(stock)
-        self.same_pad = stock.same_pad
-
-    def _prepare_input(self, x: Tensor) -> Tensor:
-        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x
-
-    def fuse(self) -> nn.Module:
-        init = {**self._stock_init(), "padding": "SAME" if self.same_pad else self.padding}
-        return self._finish(_fused_as(self, ScaledStdConv2dSame, **init))
+    stock_class = ScaledStdConv2dSame
 
 
 _STANDARDISED_CHAINS: dict[type[nn.Module], type[OverparamConv2d]] = {
