@@ -12,10 +12,15 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["read_checkpoint", "named_architectures", "looks_like_file"]
+__all__ = ["read_checkpoint", "read_metadata", "named_architectures", "looks_like_file"]
 
 
-def _metadata(path: Path) -> dict[str, Any]:
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's top-level entries besides its state dicts (train.py's ``args``,
+    ``epoch``, ``arch``, ...), read memory-mapped, so no tensor is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
         return {}
     try:
@@ -23,7 +28,7 @@ def _metadata(path: Path) -> dict[str, Any]:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
-    return data if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if not k.startswith("state_dict")} if isinstance(data, dict) else {}
 
 
 def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -32,16 +37,14 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str
     from timm.models import load_state_dict
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
-    meta = _metadata(path)
+    meta = read_metadata(path)
     try:
         state = load_state_dict(str(path), use_ema=use_ema)
     except Exception as err:
         raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
-    return state, {k: v for k, v in meta.items() if not k.startswith("state_dict")}
+    return state, meta
 
 
 def named_architectures(path: str | Path, meta: dict[str, Any]) -> list[str]:

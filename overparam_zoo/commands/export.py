@@ -53,12 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _metadata(args: argparse.Namespace):
     """The training run of the checkpoint, with the flags applied on top."""
-    from overparam_zoo.checkpoint import looks_like_file, read_checkpoint
+    from overparam_zoo.checkpoint import looks_like_file, read_metadata
     from overparam_zoo.metadata import DATA_KEYS, ExportMetadata, read_label_names
 
     metadata = ExportMetadata()
     if looks_like_file(args.checkpoint):
-        _, meta = read_checkpoint(args.checkpoint, use_ema=not args.no_ema)
+        meta = read_metadata(args.checkpoint)  # the weights were read by load_model already
         metadata = ExportMetadata.from_checkpoint(args.checkpoint, meta, used_ema=not args.no_ema)
     return dataclasses.replace(
         metadata,
