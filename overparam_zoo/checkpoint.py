@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 __all__ = ["read_checkpoint", "read_metadata", "named_architectures", "looks_like_file"]
 
@@ -27,7 +27,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     return {k: v for k, v in data.items() if not k.startswith("state_dict")} if isinstance(data, dict) else {}
 
 
@@ -41,7 +41,7 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str
     try:
         state = load_state_dict(str(path), use_ema=use_ema)
     except Exception as err:
-        raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
     return state, meta

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "first_line",
     "OverparamZooError",
     "UnknownModelError",
     "RecipeError",
@@ -21,6 +22,12 @@ __all__ = [
     "OutputError",
     "CompareError",
 ]
+
+
+def first_line(err: BaseException) -> str:
+    """``"<Type>: <first line of the message>"``: how a wrapped library error is quoted in ours."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 class OverparamZooError(Exception):

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputError, OverparamZooError
+from .errors import OutputError, OverparamZooError, first_line
 
 __all__ = ["atomic_write", "usual_permissions"]
 
@@ -40,5 +40,4 @@ def atomic_write(target: str | Path, write: Callable[[str], object]) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, (OverparamZooError, KeyboardInterrupt)) or not isinstance(err, Exception):
             raise
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise OutputError(f"cannot write {target}: {type(err).__name__}: {first}") from None
+        raise OutputError(f"cannot write {target}: {first_line(err)}") from None

@@ -9,7 +9,7 @@ from torch import nn
 from overparam.state import describe_mismatch
 
 from .checkpoint import looks_like_file, named_architectures, read_checkpoint
-from .errors import CheckpointError, UnknownModelError
+from .errors import CheckpointError, UnknownModelError, first_line
 from .registry import create_model, resolve
 
 __all__ = ["load_model"]
@@ -55,7 +55,7 @@ def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = 
     try:
         built = create_model(name, **shape_args)
     except Exception as err:  # a build that fails for these weights' shapes is bad input, not a bug here
-        raise CheckpointError(f"could not build {name!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"could not build {name!r}: {first_line(err)}") from err
     mismatch = describe_mismatch(built.state_dict(), state)
     if mismatch:
         raise CheckpointError(f"{path} does not fit {name}: {mismatch}")
