@@ -6,8 +6,7 @@ torchvision's registries, so ``timm.create_model("resnet18_op_d2")`` works, and 
 """
 
 from overparam import collapse, collapsed_state_dict
-
-from .errors import (
+from overparam_zoo.errors import (
     CheckpointError,
     DataError,
     ExportError,
@@ -16,10 +15,10 @@ from .errors import (
     RecipeError,
     UnknownModelError,
 )
-from .hookspecs import hookimpl
-from .plugins import get_plugin_manager
-from .recipe import Recipe, Variant, load_recipe
-from .registry import (
+from overparam_zoo.names.hookspecs import hookimpl
+from overparam_zoo.names.plugins import get_plugin_manager
+from overparam_zoo.names.recipe import Recipe, Variant, load_recipe
+from overparam_zoo.names.registry import (
     apply_variant,
     check_variant,
     create_model,
@@ -29,7 +28,7 @@ from .registry import (
     register_recipe,
     resolve,
 )
-from .tracing import register_tracing
+from overparam_zoo.names.tracing import register_tracing
 
 __version__ = "0.1.0"
 

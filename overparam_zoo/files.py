@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputError, OverparamZooError, first_line
+from overparam_zoo.errors import OutputError, OverparamZooError, first_line
 
 __all__ = ["atomic_write", "usual_permissions"]
 

@@ -43,7 +43,7 @@ def isolated_registries():
     import timm.models._registry as timm_registry
     from torchvision.models import _api
 
-    from overparam_zoo import op_models, registry
+    from overparam_zoo.names import op_models, registry
 
     timm_names = [k for k, v in vars(timm_registry).items() if isinstance(v, (dict, set)) and k.startswith("_m")]
     timm_saved = _snapshot(vars(timm_registry), timm_names)
@@ -83,7 +83,7 @@ def checkpoint_saver_hook():
     """timm's ``CheckpointSaver`` exporting on save (what ``export_on_save`` installs), for this test only."""
     from timm.utils import CheckpointSaver
 
-    from overparam_zoo.save_hooks import install_checkpoint_saver_hook
+    from overparam_zoo.sharing.save_hooks import install_checkpoint_saver_hook
 
     original = CheckpointSaver.__dict__["save_checkpoint"]
     install_checkpoint_saver_hook()

@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from overparam_zoo.cli import main
-from overparam_zoo.compare import SCHEMA, resolve_models, run_compare, variant_names
-from overparam_zoo.compare_report import welch_verdict
-from overparam_zoo.datasets import load_bundled
 from overparam_zoo.errors import CompareError, UnknownModelError
-from overparam_zoo.training import TrainSettings
+from overparam_zoo.experiments.compare import SCHEMA, resolve_models, run_compare, variant_names
+from overparam_zoo.experiments.datasets import load_bundled
+from overparam_zoo.experiments.report import welch_verdict
+from overparam_zoo.experiments.training import TrainSettings
 
 BASE, OP = "mobilenetv3_small_100", "mobilenetv3_small_100_op_d2"
 TINY = ["--epochs", "1", "-b", "12", "--input-size", "16", "--warmup-epochs", "0", "--threads", "1", "--seeds", "2"]
@@ -214,8 +214,8 @@ def test_missing_dependencies_are_named(capsys, monkeypatch, tmp_path):
 
 
 def test_ema_and_amp_train_and_evaluate(folder):
-    from overparam_zoo.datasets import load_image_folder
-    from overparam_zoo.training import evaluate, make_loaders, train_model
+    from overparam_zoo.experiments.datasets import load_image_folder
+    from overparam_zoo.experiments.training import evaluate, make_loaders, train_model
 
     settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, model_ema=True, amp=True)
     train, test = make_loaders(load_image_folder(folder), settings)

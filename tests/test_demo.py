@@ -1,7 +1,7 @@
 """The main job, shortened: train on digits, export, reload with plain timm in a fresh process."""
 
 from overparam_zoo.cli import main
-from overparam_zoo.demo import load_digits_split, run_demo
+from overparam_zoo.experiments.demo import load_digits_split, run_demo
 
 
 def test_digits_split_is_real_and_disjoint():

@@ -14,8 +14,8 @@ import torchvision
 from overparam import OverparamChain
 from overparam_zoo import hookimpl
 from overparam_zoo.cli import main
-from overparam_zoo.export import ExportError, export_collapsed
-from overparam_zoo.save_hooks import ExportOnSave
+from overparam_zoo.sharing.export import ExportError, export_collapsed
+from overparam_zoo.sharing.save_hooks import ExportOnSave
 
 from .helpers import randomize_, relative_error
 

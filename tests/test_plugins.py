@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from overparam_zoo import get_plugin_manager, hookimpl
-from overparam_zoo.plugins import DISABLE_ENV, reset_plugin_manager
-from overparam_zoo.registry import converters, register_all
+from overparam_zoo.names.plugins import DISABLE_ENV, reset_plugin_manager
+from overparam_zoo.names.registry import converters, register_all
 
 from .helpers import randomize_, relative_error
 
@@ -124,8 +124,8 @@ def test_nothing_runs_at_interpreter_startup():
 def test_conv2d_same_converter_is_exact(dtype):
     from timm.layers import Conv2dSame
 
-    from overparam_zoo.converters import OverparamConv2dSame
-    from overparam_zoo.registry import converters as all_converters
+    from overparam_zoo.names.converters import OverparamConv2dSame
+    from overparam_zoo.names.registry import converters as all_converters
 
     model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), timm.layers.Linear(5, 5))
     from overparam import convert_model

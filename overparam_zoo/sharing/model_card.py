@@ -1,0 +1,269 @@
+"""The ``README.md`` model card of an export, in the Hugging Face / timm convention.
+
+YAML front matter (``library_name: timm``, ``license``, ``tags``, ``pipeline_tag``,
+``base_model`` when the run started from the base's pretrained weights, ``datasets`` for Hugging
+Face datasets), then what the weights are, how to load them with timm, their provenance, the
+training arguments that shaped them and the results ``train.py`` logged. Everything comes from
+the export's own ``config.json`` and its :class:`~overparam_zoo.sharing.metadata.ExportMetadata`, so the
+card never claims more than the export knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from overparam_zoo.names.recipe import Variant
+from overparam_zoo.names.zoos import get_zoo
+from overparam_zoo.sharing.metadata import ExportMetadata, TrainResults
+
+__all__ = ["CARD_NAME", "REPO_PLACEHOLDER", "TRAINING_ARG_KEYS", "base_model_id", "render_model_card"]
+
+CARD_NAME = "README.md"
+REPO_PLACEHOLDER = "OWNER/NAME"
+"""Stands for the hub repository in a card written before upload; ``overparam-zoo push`` fills it in."""
+
+TRAINING_ARG_KEYS: tuple[str, ...] = (
+    "model",
+    "pretrained",
+    "initial_checkpoint",
+    "dataset",
+    "train_split",
+    "val_split",
+    "num_classes",
+    "in_chans",
+    "img_size",
+    "input_size",
+    "epochs",
+    "batch_size",
+    "world_size",
+    "grad_accum_steps",
+    "opt",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "sched",
+    "warmup_epochs",
+    "min_lr",
+    "smoothing",
+    "mixup",
+    "cutmix",
+    "aa",
+    "reprob",
+    "drop",
+    "drop_path",
+    "model_ema",
+    "model_ema_decay",
+    "amp",
+    "amp_dtype",
+    "seed",
+)
+"""``train.py`` arguments the card lists (those that shape the weights), where set."""
+
+_HF_DATASET_PREFIXES = ("hfds/", "hfids/")
+_CITATION = """@article{huh2023simplicitybias,
+  title={The Low-Rank Simplicity Bias in Deep Networks},
+  author={Minyoung Huh and Hossein Mobahi and Richard Zhang and Brian Cheung and Pulkit Agrawal and Phillip Isola},
+  journal={Transactions on Machine Learning Research},
+  issn={2835-8856},
+  year={2023},
+  url={https://openreview.net/forum?id=bCiNWDmlY2},
+}"""
+
+
+def base_model_id(variant: Variant, metadata: ExportMetadata | None) -> str | None:
+    """The hub id of the weights the run started from: the explicit ``base_model``, or, for a
+    ``train.py --pretrained`` run of a timm variant, the base's pretrained tag's ``hf_hub_id``
+    (``timm/resnet18.a1_in1k``); ``None`` for a run from scratch or an ``--initial-checkpoint``."""
+    if metadata is None:
+        return None
+    if metadata.base_model:
+        return metadata.base_model
+    args = metadata.training_args or {}
+    if not args.get("pretrained") or args.get("initial_checkpoint"):
+        return None
+    return get_zoo(variant.zoo).pretrained_origin(variant.base, str(args.get("model") or variant.name))
+
+
+def _front_matter(
+    variant: Variant, metadata: ExportMetadata | None, license_id: str | None, base_model: str | None
+) -> dict[str, Any]:
+    zoo = get_zoo(variant.zoo)
+    matter: dict[str, Any] = {}
+    if zoo.library_name:
+        matter["library_name"] = zoo.library_name
+    if license_id:
+        matter["license"] = license_id
+    matter["tags"] = ["image-classification", zoo.name, "overparam-zoo"]
+    matter["pipeline_tag"] = "image-classification"
+    if base_model:
+        matter["base_model"] = base_model
+    dataset = str(((metadata.training_args if metadata else None) or {}).get("dataset") or "")
+    for prefix in _HF_DATASET_PREFIXES:
+        if dataset.startswith(prefix):
+            matter["datasets"] = [dataset[len(prefix) :]]
+    return matter
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def _labels(names: list[str] | tuple[str, ...] | None) -> str:
+    if not names:
+        return "class indices only (no label names were recorded)"
+    shown = ", ".join(f"`{n}`" for n in names[:12])
+    return shown + (f", ... ({len(names)} in `config.json`)" if len(names) > 12 else "")
+
+
+def _details(
+    config: Mapping[str, Any], variant: Variant, params: tuple[int, int], license_id: str | None, base_model: str | None
+) -> str:
+    cfg = config.get("pretrained_cfg") or {}
+    lines = [
+        "- **Model type:** image classification",
+        f"- **Architecture:** `{variant.base}` ({variant.zoo}), {config.get('num_classes')} classes",
+        f"- **Parameters:** {params[1] / 1e6:.2f}M deployed ({params[1]:,}); "
+        f"{params[0] / 1e6:.2f}M while training as `{variant.name}` ({params[0]:,})",
+    ]
+    if "input_size" in cfg:
+        size = "x".join(str(s) for s in cfg["input_size"])
+        lines.append(
+            f"- **Preprocessing:** input {size}, `{cfg.get('interpolation')}` resize, crop_pct {_fmt(cfg.get('crop_pct'))} "
+            f"({cfg.get('crop_mode', 'center')}), mean {_fmt(cfg.get('mean'))}, std {_fmt(cfg.get('std'))}"
+        )
+    lines.append(f"- **Labels:** {_labels(config.get('label_names'))}")
+    lines.append(f"- **License:** {license_id or 'not specified (set one with `overparam-zoo export --license`)'}")
+    if base_model:
+        lines.append(f"- **Started from:** [`{base_model}`](https://huggingface.co/{base_model})")
+    return "\n".join(lines)
+
+
+def _usage(config: Mapping[str, Any], variant: Variant) -> str:
+    return get_zoo(variant.zoo).card_usage(variant.base, config.get("num_classes"), REPO_PLACEHOLDER)
+
+
+def _provenance(config: Mapping[str, Any], variant: Variant, metadata: ExportMetadata | None) -> str:
+    prov = config.get("overparam_zoo") or {}
+    options = ", ".join(f"{k}={v}" for k, v in sorted(variant.options.items()) if k != "depth")
+    rows = [
+        ("variant", f"`{variant.name}`"),
+        (
+            "recipe",
+            f"`{prov.get('recipe', variant.recipe.path.name)}` (sha256 `{str(prov.get('recipe_sha256', ''))[:12]}`)",
+        ),
+        ("chain depth", f"{variant.depth}" + (f" ({options})" if options else "")),
+        (
+            "collapse error",
+            f"{float(prov.get('max_collapse_error', float('nan'))):.1e} (max relative output difference, op model "
+            f"vs this export, float64, probe input {'x'.join(str(s) for s in prov.get('probe_input_size', []))})",
+        ),
+    ]
+    if metadata is not None and metadata.checkpoint:
+        ema = (metadata.training_args or {}).get("model_ema")
+        which = " (EMA weights)" if ema and metadata.used_ema else " (non-EMA weights)" if ema else ""
+        rows.append(("checkpoint", f"`{metadata.checkpoint}`{which}"))
+    versions = prov.get("versions") or {}
+    if versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (
+        f"Trained as `{variant.name}`: every converted layer of `{variant.base}` was a chain of {variant.depth} "
+        "linear layers (same function class, different implicit bias: deeper chains favour low effective rank). "
+        "After training each chain was collapsed in closed form into the single layer it stands for.\n\n" + table + "\n"
+    )
+
+
+def _is_set(key: str, args: Mapping[str, Any]) -> bool:
+    """Whether a train.py argument was set to something that changes the run."""
+    value = args.get(key)
+    if value in (None, "", False, []):
+        return False
+    if key in ("world_size", "grad_accum_steps"):
+        return value != 1
+    return key != "amp_dtype" or bool(args.get("amp"))
+
+
+def _training(metadata: ExportMetadata | None) -> str:
+    args = (metadata.training_args if metadata else None) or {}
+    if not args:
+        return "No training arguments were recorded with these weights (not a timm `train.py` checkpoint).\n"
+    rows = [(k, args[k]) for k in TRAINING_ARG_KEYS if _is_set(k, args)]
+    if not rows:
+        return "The recorded training arguments hold none of the usual `train.py` settings.\n"
+    return (
+        "timm `train.py` arguments that shaped the weights (unset ones omitted):\n\n| argument | value |\n|---|---|\n"
+        + "\n".join(f"| `{k}` | `{_fmt(v)}` |" for k, v in rows)
+        + "\n"
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _evaluation(results: TrainResults, metadata: ExportMetadata) -> str:
+    rows = [("best epoch" + (" (these weights)" if results.checkpoint == results.best else ""), results.best)]
+    if results.checkpoint is not None and results.checkpoint != results.best:
+        rows.append(("these weights", results.checkpoint))
+    split = (metadata.training_args or {}).get("val_split")
+    text = (
+        f"From `{results.path.name}`, which timm `train.py` wrote beside the checkpoint ({results.epochs} epochs; "
+        f"best by `{results.metric}`"
+        + (f"; evaluated on split `{split}`" if split else "")
+        + "):\n\n| | epoch | top-1 (%) | top-5 (%) |\n|---|---|---|---|\n"
+        + "\n".join(f"| {name} | {r.epoch} | {_percent(r.top1)} | {_percent(r.top5)} |" for name, r in rows)
+        + "\n\n"
+        "train.py evaluated the over-parameterized model; this export computes the same function up to the "
+        "collapse error above.\n"
+    )
+    args = metadata.training_args or {}
+    if args.get("model_ema") and not args.get("model_ema_force_cpu"):
+        text += "With `--model-ema`, train.py logs the EMA weights' results" + (
+            ".\n" if metadata.used_ema else "; this export holds the non-EMA weights, whose results may differ.\n"
+        )
+    elif args.get("model_ema") and metadata.used_ema:
+        text += "With `--model-ema-force-cpu`, train.py logs the non-EMA model's results; this export holds the EMA "
+        text += "weights, whose results may differ.\n"
+    return text
+
+
+def render_model_card(
+    config: Mapping[str, Any],
+    variant: Variant,
+    metadata: ExportMetadata | None,
+    *,
+    params: tuple[int, int],
+) -> str:
+    """The ``README.md`` text of an export.
+
+    Args:
+        config: the export's ``config.json`` as written.
+        variant: the op variant the weights were trained as.
+        metadata: the training run (``None`` for an export of a live model without one).
+        params: parameter counts (while training, deployed).
+    """
+    base_model = base_model_id(variant, metadata)
+    license_id = metadata.license if metadata is not None else None
+    matter = yaml.safe_dump(_front_matter(variant, metadata, license_id, base_model), sort_keys=False)
+    sections = [
+        f"---\n{matter}---\n",
+        f"# {variant.base}, trained over-parameterized as {variant.name}\n",
+        f"Weights of the stock `{variant.base}` architecture, trained as the linearly over-parameterized variant "
+        f"`{variant.name}` with overparam-zoo and collapsed exactly back to `{variant.base}`. "
+        f"The folder is a plain {variant.zoo} checkpoint (`model.safetensors` + `config.json`).\n",
+        "## Model details\n\n" + _details(config, variant, params, license_id, base_model) + "\n",
+        "## How to use\n\n" + _usage(config, variant),
+        "## Provenance\n\n" + _provenance(config, variant, metadata),
+        "## Training\n\n" + _training(metadata),
+    ]
+    if metadata is not None and metadata.results is not None:
+        sections.append("## Evaluation\n\n" + _evaluation(metadata.results, metadata))
+    sections.append(f"## Citation\n\n```bibtex\n{_CITATION}\n```\n")
+    return "\n".join(sections)

@@ -1,0 +1,72 @@
+"""Exporting the collapsed model whenever a checkpoint is saved.
+
+:class:`ExportOnSave` is a callback for custom loops; :func:`install_checkpoint_saver_hook`
+makes timm's ``CheckpointSaver`` call it. Importing :mod:`overparam_zoo.export_on_save`
+installs the hook (the opt-in for timm's ``train.py --device-modules``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from overparam_zoo.sharing.export import ExportResult, export_collapsed
+from overparam_zoo.sharing.metadata import ExportMetadata
+
+__all__ = ["ExportOnSave", "install_checkpoint_saver_hook"]
+
+logger = logging.getLogger("overparam_zoo")
+
+
+class ExportOnSave:
+    """Callback: ``ExportOnSave(out_dir)(model, tag="last")`` writes ``out_dir/collapsed-<tag>``.
+
+    Args:
+        out_dir: the folder that receives one export folder per tag.
+        variant, model_args: for models not built by ``overparam_zoo`` (see ``export_collapsed``).
+    """
+
+    def __init__(self, out_dir: str | Path, *, variant: str | None = None, model_args: dict[str, Any] | None = None):
+        self.out_dir = Path(out_dir)
+        self.variant = variant
+        self.model_args = model_args
+
+    def __call__(self, model: nn.Module, tag: str = "last", metadata: ExportMetadata | None = None) -> ExportResult:
+        """Export ``model``; ``metadata`` describes the training run (see ``export_collapsed``)."""
+        target = self.out_dir / f"collapsed-{tag}"
+        result = export_collapsed(
+            model, target, variant=self.variant, model_args=self.model_args, force=True, metadata=metadata
+        )
+        logger.info("overparam_zoo: exported collapsed %s to %s", result.config["architecture"], target)
+        return result
+
+
+def install_checkpoint_saver_hook() -> None:
+    """Make ``timm.utils.CheckpointSaver.save_checkpoint`` also export (idempotent)."""
+    from timm.utils import CheckpointSaver
+
+    original = CheckpointSaver.save_checkpoint
+    if getattr(original, "_overparam_zoo_export", False):
+        return
+
+    @functools.wraps(original)
+    def save_checkpoint(self, epoch, metric=None):
+        result = original(self, epoch, metric)
+        model = self.unwrap_fn(self.model_ema if self.model_ema is not None else self.model)
+        if getattr(model, "overparam_zoo", None) is not None:
+            export = ExportOnSave(self.checkpoint_dir)
+            # train.py's args give the export its preprocessing; its summary.csv (written before the save) the results
+            run = None
+            if self.args is not None:
+                run = ExportMetadata.from_run(self.args, output_dir=self.checkpoint_dir, epoch=epoch)
+            export(model, "last", run)
+            if self.best_epoch == epoch:
+                export(model, "best", run)
+        return result
+
+    save_checkpoint._overparam_zoo_export = True  # type: ignore[attr-defined]
+    CheckpointSaver.save_checkpoint = save_checkpoint

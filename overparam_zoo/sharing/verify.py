@@ -1,0 +1,116 @@
+"""Measuring a collapse: per layer and for the whole model, on a seeded probe input.
+
+Export records the model-level error in its provenance; ``overparam-zoo verify`` prints both.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from overparam import OverparamChain, collapsed_state_dict
+from overparam_zoo.errors import ExportError
+from overparam_zoo.names.recipe import Variant
+from overparam_zoo.names.registry import build_base, get_variant
+from overparam_zoo.names.zoos import get_zoo
+
+__all__ = [
+    "LayerCheck",
+    "VerifyReport",
+    "verify_collapse",
+    "variant_of",
+    "collapse_error",
+    "probe_input",
+    "probe_shape",
+    "relative_difference",
+]
+
+
+@dataclass
+class LayerCheck:
+    path: str
+    kind: str
+    error: float
+
+
+@dataclass
+class VerifyReport:
+    layers: list[LayerCheck]
+    model_error_float64: float
+    model_error_float32: float
+
+    @property
+    def max_layer_error(self) -> float:
+        return max((c.error for c in self.layers), default=0.0)
+
+
+def variant_of(model: nn.Module) -> tuple[Variant, dict[str, Any]]:
+    """The variant an op model was built from, and the kwargs its base was built with.
+
+    Raises:
+        ExportError: for a model that ``overparam_zoo`` did not build.
+    """
+    info = getattr(model, "overparam_zoo", None)
+    if not isinstance(info, dict) or "variant" not in info:
+        raise ExportError(
+            "the model is not an op variant built by overparam_zoo, so there is nothing to collapse "
+            "(for an op model built by hand, pass variant=NAME)"
+        )
+    return get_variant(info["variant"], info["zoo"]), dict(info.get("model_args", {}))
+
+
+def probe_shape(stock: nn.Module, variant: Variant) -> tuple[int, ...]:
+    """The input size (without batch) the collapse is checked on: the model's own input size."""
+    return get_zoo(variant.zoo).input_size(stock)
+
+
+def probe_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A seeded batch of two, so every check of the same model sees the same input."""
+    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute difference, relative to the largest magnitude of ``b``."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
+    """Output difference between ``model`` (eval, in ``x``'s dtype) and its collapsed stock model."""
+    stock = build_base(variant, **args).to(x.dtype).eval()
+    stock.load_state_dict(collapsed_state_dict(model), strict=True)
+    with torch.no_grad():
+        return relative_difference(stock(x), model(x))
+
+
+def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, Any]) -> VerifyReport:
+    """Compare, on a seeded probe input of the model's input size: each chain's collapsed
+    forward with its expanded forward on the input it really sees, and the whole op model
+    with its collapsed stock model (float64 and float32)."""
+    op = copy.deepcopy(model).double().eval()
+    x = probe_input(probe_shape(build_base(variant, **model_args), variant), torch.float64)
+    checks: list[LayerCheck] = []
+
+    def hook(path: str):
+        def check(module: OverparamChain, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            # a composed-only chain (timm's weight-standardised convs) has no factor-by-factor form:
+            # its reference is the effective weight rebuilt now, not the cached one
+            reference = module.expanded_forward if module.composed_only is None else module.composed_forward
+            checks.append(LayerCheck(path, type(module).__name__, relative_difference(output, reference(inputs[0]))))
+
+        return check
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in op.named_modules() if isinstance(m, OverparamChain)]
+    try:
+        with torch.no_grad():
+            op(x)
+    finally:
+        for h in handles:
+            h.remove()
+    op32 = copy.deepcopy(model).float().eval()
+    return VerifyReport(
+        checks, collapse_error(op, variant, model_args, x), collapse_error(op32, variant, model_args, x.float())
+    )
