@@ -21,6 +21,7 @@ __all__ = [
     "AnalysisError",
     "OutputError",
     "CompareError",
+    "MissingExtraError",
 ]
 
 
@@ -79,3 +80,8 @@ class OutputError(OverparamZooError):
 class CompareError(OverparamZooError):
     """A comparison that cannot run as asked (settings that differ from the runs already in its
     output folder, a missing optional dependency, a batch larger than the data)."""
+
+
+class MissingExtraError(OverparamZooError, ImportError):
+    """A feature whose optional dependency is not installed; the message names the extra that
+    brings it (raised by :func:`overparam_zoo.extras.require`)."""

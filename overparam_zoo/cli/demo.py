@@ -24,12 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.errors import DataError
+    from overparam_zoo.extras import require
 
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise DataError("the demo needs scikit-learn: pip install 'overparam-zoo[demo]'") from None
+    require("sklearn", "demo", "the demo")
     from overparam_zoo.experiments.demo import format_table, run_demo
 
     result = run_demo(args.model, epochs=args.epochs, out=args.out, seed=args.seed, size=args.size, force=args.force)

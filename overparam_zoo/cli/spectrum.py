@@ -20,10 +20,11 @@ import torch
 
 from overparam.analysis import LayerSpectrum, spectrum
 from overparam_zoo.errors import AnalysisError
+from overparam_zoo.extras import require
 
 __all__ = ["register", "run", "format_table", "plot_spectrum"]
 
-_PLOT_HINT = "pip install overparam-zoo[plot]"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``spectrum`` subcommand.
@@ -91,12 +92,7 @@ def format_table(layers: list[LayerSpectrum], title: str = "") -> str:
 
 
 def _import_matplotlib() -> Any:
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise AnalysisError(f"--plot needs matplotlib, which is not installed: {_PLOT_HINT}") from None
-    return Figure
+    return require("matplotlib.figure", "plot", "--plot").Figure
 
 
 def plot_spectrum(layers: list[LayerSpectrum], path: str, title: str = "") -> None:

