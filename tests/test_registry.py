@@ -99,13 +99,13 @@ def test_timm_variant_roundtrip_large(name):
     _check_roundtrip(name, "timm")
 
 
-@pytest.mark.parametrize("name", [n for n in TORCHVISION if n.startswith(("resnet18", "mobilenet", "alexnet"))])
+@pytest.mark.parametrize("name", [n for n in TORCHVISION if n.startswith(("resnet18", "mobilenet"))])
 def test_torchvision_variant_roundtrip(name):
     _check_roundtrip(name, "torchvision")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in TORCHVISION if n.startswith("resnet50")])
+@pytest.mark.slow  # alexnet's 9216x4096 classifier chains take ~10 s each to collapse in float64
+@pytest.mark.parametrize("name", [n for n in TORCHVISION if n.startswith(("resnet50", "alexnet"))])
 def test_torchvision_variant_roundtrip_large(name):
     _check_roundtrip(name, "torchvision")
 
