@@ -1,7 +1,8 @@
 """Session settings and fixtures that keep tests independent of each other and of the machine.
 
-- One intra-op thread for the whole session (and its subprocesses): torch's default of one
-  thread per core oversubscribes as soon as anything else runs.
+- One intra-op thread for the whole session (and its subprocesses), set even when the shell
+  exports another count: torch's default of one thread per core oversubscribes as soon as
+  anything else runs.
 - Third-party ``overparam_zoo`` plugins installed on the machine are disabled; tests that
   exercise entry points enable them in their own subprocesses.
 - Registrations (timm's and torchvision's registries, the variant table, plugins, timm's
@@ -11,13 +12,14 @@
 import copy
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 os.environ["OVERPARAM_ZOO_DISABLE_PLUGINS"] = "1"  # before anything imports overparam_zoo
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,8 @@ def _restore(namespace: dict, saved: dict) -> None:
 @pytest.fixture
 def isolated_registries():
     """Undo every model registration the test makes: timm's registry, torchvision's, and
-    overparam_zoo's variant table."""
+    overparam_zoo's variant table, and ``op_models``' ``__all__`` and ``default_cfgs`` (timm's
+    ``register_model`` appends every variant name to its module's ``__all__``)."""
     import timm.models._registry as timm_registry
     from torchvision.models import _api
 
@@ -49,6 +52,7 @@ def isolated_registries():
     timm_saved = _snapshot(vars(timm_registry), timm_names)
     zoo_saved = _snapshot(vars(registry), ["_VARIANTS", "_REGISTERED"])
     cfgs_saved = dict(op_models.default_cfgs)
+    names_saved = list(op_models.__all__)
     tv_models = _api.BUILTIN_MODELS  # the dict itself: a test may delete the attribute
     tv_saved = dict(tv_models)
     yield
@@ -56,6 +60,8 @@ def isolated_registries():
     _restore(vars(registry), zoo_saved)
     op_models.default_cfgs.clear()
     op_models.default_cfgs.update(cfgs_saved)
+    del op_models.__all__[len(names_saved) :]  # appended to only; the constant-time membership set too
+    op_models.__all__._members.intersection_update(names_saved)
     tv_models.clear()
     tv_models.update(tv_saved)
 

@@ -172,7 +172,7 @@ def test_torchvision_get_model_and_zoo_create_model():
         create_model("resnet19_op_d2")
 
 
-def test_reimport_registers_nothing_twice():
+def test_reimport_registers_nothing_twice(isolated_registries):
     import importlib
 
     before = copy.copy(timm.list_models("*_op_*"))
