@@ -1,5 +1,6 @@
 """The pluggy host: plugins registered by hand, a real entry point, broken plugins, opt-out."""
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,10 @@ import timm
 import torch
 from torch import nn
 
-from overparam_zoo import get_plugin_manager, hookimpl
+from overparam import OverparamConv2d, collapse, convert_model
+from overparam.convert import from_stock
+from overparam_zoo import apply_variant, get_plugin_manager, get_variant, hookimpl
+from overparam_zoo.names import plugins
 from overparam_zoo.names.plugins import DISABLE_ENV, reset_plugin_manager
 from overparam_zoo.names.registry import converters, register_all
 
@@ -32,8 +36,28 @@ class Doubled(nn.Conv2d):
         return 2 * super().forward(x)
 
 
+class DoubledChain(OverparamConv2d):
+    """The plugin's chain for :class:`Doubled`: twice the chain, fusing back to a ``Doubled``."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+    def fuse(self):
+        plain = super().fuse()
+        stock = Doubled(
+            self.in_channels, self.out_channels, self.kernel_size, padding=self.padding, dtype=plain.weight.dtype
+        )
+        stock.load_state_dict(plain.state_dict())
+        return stock
+
+
 def test_plugin_registered_by_hand_contributes_recipes_and_converters(tmp_path, register_plugin):
-    (tmp_path / "extra.yaml").write_text(RECIPE)
+    (tmp_path / "extra.yaml").write_text(RECIPE.replace("[Conv2d, Linear]", "[Conv2d, Linear, Doubled]"))
+    calls = []
+
+    def convert_doubled(module, **options):
+        calls.append((module, options))
+        return from_stock(module, chain_class=DoubledChain, **options)
 
     class Plugin:
         @hookimpl
@@ -42,12 +66,36 @@ def test_plugin_registered_by_hand_contributes_recipes_and_converters(tmp_path, 
 
         @hookimpl
         def overparam_zoo_converters(self):
-            return {Doubled: lambda module, **options: (_ for _ in ()).throw(NotImplementedError("doubled stays"))}
+            return {Doubled: convert_doubled}
+
+    def custom_model():
+        torch.manual_seed(0)
+        return nn.Sequential(Doubled(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).double()
+
+    without = convert_model(custom_model(), depth=3, converters=converters())
+    assert "register a converter for it" in without.skipped["0"]  # no plugin yet: Doubled stays stock
 
     register_plugin(Plugin(), name="test-plugin")
     assert "resnet18_op_d3_plugintest" in register_all()
     assert timm.create_model("resnet18_op_d3_plugintest").conv1.depth == 3
-    assert Doubled in converters()
+    variant = get_variant("resnet18_op_d3_plugintest", "timm")
+    model = custom_model()
+    layer = model[0]
+    report = apply_variant(model, variant)
+    assert [m for m, _ in calls] == [layer] and calls[0][1]["depth"] == 3  # the plugin's converter, once
+    assert type(model[0]) is DoubledChain and model[0].depth == 3 and "0" not in report.skipped
+    randomize_(model[0])
+    model.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    stock = collapse(copy.deepcopy(model))
+    assert type(stock[0]) is Doubled
+    with torch.no_grad():
+        w, b = stock[0].weight, stock[0].bias
+        # oracle: 2 x the chain's factors run one after another, then ReLU and the stock 1x1 conv
+        expected = model[2](torch.relu(2 * model[0].expanded_forward(x)))
+        assert relative_error(model(x), expected) < 1e-12  # float64 (eps 2e-16), sums of <=108 terms
+        assert relative_error(stock(x), expected) < 1e-12
+        assert relative_error(stock[0](x), 2 * nn.functional.conv2d(x, w, b, padding=1)) < 1e-12
 
 
 DIST = """\
@@ -105,14 +153,13 @@ def test_export_hook_spec_exists():
     assert hasattr(pm.hook, "overparam_zoo_export")
 
 
-def test_reset_plugin_manager_rebuilds():
+def test_reset_plugin_manager_rebuilds(monkeypatch):
     first = get_plugin_manager()
+    monkeypatch.setattr(plugins, "_manager", first)  # the session's manager is back afterwards
     reset_plugin_manager()
-    try:
-        assert get_plugin_manager() is not first
-        assert get_plugin_manager().get_plugin("overparam_zoo.default") is not None
-    finally:
-        reset_plugin_manager()
+    rebuilt = get_plugin_manager()
+    assert rebuilt is not first and get_plugin_manager() is rebuilt
+    assert rebuilt.get_plugin("overparam_zoo.default") is not None
 
 
 def test_nothing_runs_at_interpreter_startup():
