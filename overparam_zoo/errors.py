@@ -21,6 +21,7 @@ __all__ = [
     "AnalysisError",
     "OutputError",
     "CompareError",
+    "QuantizeError",
     "MissingExtraError",
 ]
 
@@ -80,6 +81,12 @@ class OutputError(OverparamZooError):
 class CompareError(OverparamZooError):
     """A comparison that cannot run as asked (settings that differ from the runs already in its
     output folder, a missing optional dependency, a batch larger than the data)."""
+
+
+class QuantizeError(OverparamZooError):
+    """An INT8 quantization that cannot be done (an incomplete export folder, no calibration
+    images, images whose channels or classes do not fit the model, a model torch.export cannot
+    capture)."""
 
 
 class MissingExtraError(OverparamZooError, ImportError):

@@ -15,7 +15,7 @@ import sys
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS: tuple[str, ...] = ("demo", "compare", "list", "show", "run", "export", "push", "verify", "spectrum")
+COMMANDS: tuple[str, ...] = ("demo", "compare", "list", "show", "run", "export", "quantize", "push", "verify", "spectrum")
 
 
 def build_parser() -> argparse.ArgumentParser:
