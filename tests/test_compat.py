@@ -129,12 +129,10 @@ def test_inference_mode_eval_then_training(batch_norm):
 
 
 # --------------------------------------------------------------------------- AMP, channels_last
-@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
-def test_autocast_bfloat16_train_step_and_eval(batch_norm):
-    model = op_resnet18(batch_norm)
+def bf16_step_errors(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """(loss, gradient) relative error of one autocast-bf16 train step against float32; checks
+    that autocast really ran (bf16 logits, float32 gradients)."""
     reference = copy.deepcopy(model)
-    x, target = images(8), torch.arange(8)
-
     ref_loss = train_step(reference, x, target)
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -143,20 +141,38 @@ def test_autocast_bfloat16_train_step_and_eval(batch_norm):
     loss.backward()
     assert out.dtype == torch.bfloat16
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
-    assert abs(float(loss.detach()) - float(ref_loss)) < 3e-2 * float(ref_loss)
-    # bf16 keeps 8 bits of mantissa; the stock resnet18 itself is off by ~0.08 here
-    assert norm_error(flat_grad(model), flat_grad(reference)) < 0.5
+    loss_error = abs(float(loss.detach()) - float(ref_loss)) / float(ref_loss)
+    return loss_error, norm_error(flat_grad(model), flat_grad(reference))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_autocast_bfloat16_train_step_and_eval(batch_norm):
+    # bf16 keeps 8 significant bits (unit roundoff u = 2^-8): the bounds are what the stock resnet18
+    # itself loses under bf16 on the same batch, times 2 for a chain's twice as many matmuls in
+    # sequence (measured: op ~1.2x the stock's ~0.12 gradient error); a factor whose gradient is
+    # wrong or missing is off by ~1, and autocast silently off fails the dtype checks
+    x, target = images(8), torch.arange(8)
+    _, stock_grad_error = bf16_step_errors(timm.create_model("resnet18", num_classes=10), x, target)
+    model = op_resnet18(batch_norm)
+    loss_error, grad_error = bf16_step_errors(model, x, target)
+    assert loss_error < 2 * 2**-8  # two bf16 roundings of the loss (measured <= 3e-3)
+    assert grad_error < 2 * stock_grad_error
 
     # (BN running stats now differ slightly: the training forward above ran in bf16)
     model.eval()
+    stock = collapse(copy.deepcopy(model)).eval()
     with torch.no_grad():
         expected = expanded_reference(model, x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
+            stock_out = stock(x)
             assert model.conv1.weight.dtype == torch.float32  # collapsed outside autocast
         assert out.dtype == torch.bfloat16
-        assert relative_error(out.float(), expected) < 0.1
-        # the cache built under autocast is float32 and exact outside it
+        stock_error = relative_error(stock_out.float(), stock(x))  # the collapsed model's own bf16 error
+        assert relative_error(out.float(), expected) < 2 * stock_error
+        if not batch_norm:  # eval runs the collapsed weights, so bf16 rounds exactly as the stock model
+            assert torch.equal(out, stock_out)
+        # the cache built under autocast is float32 and exact outside it (float32 u = 6e-8, ~20 layers)
         assert relative_error(model(x), expected) < 1e-5
 
 
@@ -390,11 +406,15 @@ def test_timm_grad_checkpointing(name):
     assert norm_error(flat_grad(checkpointed), flat_grad(model)) < 1e-5
 
 
-def test_timm_fx_feature_extractor_with_notrace_registration():
+def test_timm_fx_feature_extractor_with_notrace_registration(monkeypatch):
+    from timm.layers import _fx
     from timm.models import create_feature_extractor
 
-    register_notrace_module(OverparamChain)  # what `import overparam_zoo` does for chain classes
     model = op_resnet18(batch_norm=True)
+    chains = {type(m) for m in model.modules() if isinstance(m, OverparamChain)}
+    monkeypatch.setattr(_fx, "_leaf_modules", set(_fx._leaf_modules) - chains)  # timm's list is back afterwards
+    for cls in chains:
+        register_notrace_module(cls)  # what `import overparam_zoo` does for chain classes
     extractor = create_feature_extractor(model, {"layer1": "low", "layer4": "high"})
     x = images()
     extractor.train()
