@@ -7,7 +7,8 @@ mean over each rank's equal share, both must end with the same weights. The mode
 batch norm (timm's ``norm_layer="groupnorm"``, chains without BN): SyncBatchNorm does not run
 on CPU, and per-rank batch statistics would differ from the global batch's.
 
-Rank 0 writes a JSON list, one summary per mode, to ``--out``.
+Rank 0 writes a JSON list, one summary per mode, to ``--out``. ``--device cuda`` runs the same
+check on one GPU per rank with NCCL (``tests/test_cuda.py``); the default is CPU with gloo.
 """
 
 from __future__ import annotations
@@ -53,16 +54,16 @@ def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def run(mode: str, steps: int, dtype: torch.dtype) -> dict:
+def run(mode: str, steps: int, dtype: torch.dtype, device: torch.device) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = build_model(dtype)
+    model = build_model(dtype).to(device)
     reference = copy.deepcopy(model)
     wrapped = wrap(model, mode)
 
     g = torch.Generator().manual_seed(1234)
     global_batch = 4 * world
-    x = torch.randn(steps, global_batch, 3, 32, 32, generator=g, dtype=dtype)
-    y = torch.randint(0, 10, (steps, global_batch), generator=g)
+    x = torch.randn(steps, global_batch, 3, 32, 32, generator=g, dtype=dtype).to(device)
+    y = torch.randint(0, 10, (steps, global_batch), generator=g).to(device)
     share = slice(rank * 4, (rank + 1) * 4)
 
     # fraction of the parameters this rank holds (1.0 for DDP, ~1/world for FSDP2)
@@ -99,7 +100,7 @@ def run(mode: str, steps: int, dtype: torch.dtype) -> dict:
 
     # every rank must hold the same weights: compare a fingerprint across ranks
     flat = torch.cat([v.flatten().double() for v in state.values()])
-    fingerprint = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype)).sum()])
+    fingerprint = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device)).sum()])
     gathered = [torch.empty_like(fingerprint) for _ in range(world)]
     dist.all_gather(gathered, fingerprint)
     ranks_equal = all(torch.equal(gathered[0], f) for f in gathered)
@@ -108,6 +109,7 @@ def run(mode: str, steps: int, dtype: torch.dtype) -> dict:
         "mode": mode,
         "world_size": world,
         "dtype": str(dtype),
+        "device": str(device),
         "steps": steps,
         "held_fraction": held_fraction,
         "losses": losses,
@@ -122,15 +124,22 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=["ddp", "fsdp2"], default=["ddp"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    if args.device == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = []
     for mode in args.modes:
         try:
-            results.append(run(mode, args.steps, getattr(torch, args.dtype)))
+            results.append(run(mode, args.steps, getattr(torch, args.dtype), device))
         except Exception as err:  # reported to the test, with the traceback
             results.append({"mode": mode, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
         dist.barrier()

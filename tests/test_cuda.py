@@ -1,0 +1,355 @@
+"""CUDA: exactness, mixed precision, device moves, torch.compile, export and DDP on a GPU.
+
+Every ``test_cuda_*`` test is marked ``cuda`` and skips without a GPU (``pytest -m cuda`` runs
+them where one exists; ``benchmarks/device_check.sh`` does). Each one calls a helper that takes
+the device as a parameter, and the ``test_cpu_*`` tests run the same helpers on the CPU, so the
+logic of every CUDA test is executed on every machine, GPU or not.
+
+Tolerances follow from the dtype and the size of the computation: ``tolerance`` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import overparam_zoo  # noqa: F401  (registers resnet18_op_d2)
+from overparam import (
+    OverparamChain,
+    OverparamConv2d,
+    OverparamLinear,
+    collapsed_state_dict,
+    expand_pretrained,
+    overparameterize,
+)
+from overparam_zoo.sharing.export import export_collapsed
+
+from .helpers import randomize_, relative_error
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def cuda_test(fn: Callable) -> Callable:
+    """Marked ``cuda``, skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")(fn))
+
+
+def tolerance(dtype: torch.dtype, layers: int, depth: int, fan_in: int) -> float:
+    """Relative rounding bound of a network's output computed in ``dtype``.
+
+    Each of ``layers`` stock layers rounds its input once and its weight ``depth`` times (once
+    per factor, or once per product when collapsed): ``(depth + 1) * eps``; its dot products of
+    ``fan_in`` terms add ``sqrt(fan_in) * eps`` of the accumulation dtype (a random walk),
+    float32 for float16/bfloat16 (autocast, cuBLAS and cuDNN accumulate in float32); times 2.
+    """
+    eps = torch.finfo(dtype).eps
+    accumulate = torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype).eps
+    return 2 * layers * ((depth + 1) * eps + math.sqrt(fan_in) * accumulate)
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """TF32 off for matmuls and cuDNN convs (it rounds float32 inputs to 10 mantissa bits)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ----------------------------------------------------------------------- float64 collapse grid
+#: a subset of tests/test_collapse_grid.py: each kind of kernel split, skips, BN, groups, dilation
+GRID: list[tuple[str, Callable[[], OverparamChain], tuple[int, ...]]] = [
+    ("linear-d4-res", lambda: OverparamLinear(6, 6, depth=4, residual=True, batch_norm=True), (3, 5, 6)),
+    ("conv-5-d4-bn", lambda: OverparamConv2d(4, 4, 5, depth=4, padding=2, batch_norm=True), (2, 4, 9, 9)),
+    ("conv-1-3-5-res", lambda: OverparamConv2d(4, 4, kernel_sizes=[1, 3, 5], padding=3, residual=True), (2, 4, 9, 9)),
+    ("conv-3x8-res2-s2", lambda: OverparamConv2d(4, 4, kernel_sizes=[3] * 8, residual=True, residual_intervals=2, stride=2, padding=8), (2, 4, 17, 17)),
+    ("conv-groups-dil", lambda: OverparamConv2d(4, 8, 3, depth=3, groups=2, dilation=2, padding=2, width=2, bias=True), (2, 4, 9, 9)),
+    ("conv-reflect-bn", lambda: OverparamConv2d(4, 4, 3, depth=2, padding=1, padding_mode="reflect", batch_norm=True), (2, 4, 8, 8)),
+]  # fmt: skip
+
+#: float64: eps 2.2e-16 times the longest reduction here (~10^3 terms) and depth 8 stays < 1e-11;
+#: the same 1e-10 as tests/test_collapse_grid.py
+TOL64 = 1e-10
+
+
+def check_collapse_grid(device: str) -> float:
+    """Worst float64 error of collapsed eval vs factor-by-factor, on ``device``; each layer's
+    output also equals the CPU's."""
+    worst = 0.0
+    with no_tf32():
+        for _name, build, shape in GRID:
+            layer = randomize_(build()).double().eval()
+            x = torch.randn(shape, dtype=torch.float64)
+            with torch.no_grad():
+                on_cpu = layer(x)
+                layer.to(device)
+                out = layer(x.to(device))
+                assert out.device.type == device
+                worst = max(worst, relative_error(out, layer.expanded_forward(x.to(device))))
+                worst = max(worst, relative_error(out.cpu(), on_cpu))
+    return worst
+
+
+def test_cpu_collapse_grid_logic():
+    assert check_collapse_grid("cpu") < TOL64
+
+
+@cuda_test
+def test_cuda_collapse_grid_float64_without_tf32():
+    assert check_collapse_grid("cuda") < TOL64
+
+
+# ----------------------------------------------------------------------- mixed precision
+def tiny_net(batch_norm: bool) -> nn.Module:
+    """Three stock layers (fan-in 27, 72 and 16) with a stock BN; every layer a d2 chain."""
+    torch.manual_seed(0)
+    base = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    return overparameterize(base, depth=2, batch_norm=batch_norm)
+
+
+TINY = {"layers": 3, "depth": 2, "fan_in": 72}
+
+
+def grads(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.detach().float().flatten() for p in model.parameters()])
+
+
+def check_amp_train_step(device: str, dtype: torch.dtype, batch_norm: bool) -> None:
+    """One SGD step under autocast (with ``GradScaler`` for float16) against float32: the loss
+    and the unscaled gradients agree within :func:`tolerance`, every factor gets a finite,
+    non-zero gradient, and the step is taken (no overflow skipped it)."""
+    model = tiny_net(batch_norm).to(device).train()
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 3, 16, 16, device=device)
+    y = torch.arange(8, device=device) % 10
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**8, enabled=dtype == torch.float16)
+    with torch.autocast(device, dtype=dtype):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    assert logits.dtype == dtype  # the chains really ran in reduced precision
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    amp_grads = grads(model)
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == (2.0**8 if scaler.is_enabled() else 1.0)  # no inf/nan found
+
+    ref_loss = F.cross_entropy(reference(x), y)
+    ref_loss.backward()
+    tol = tolerance(dtype, **TINY)
+    assert abs(float(loss.detach()) - float(ref_loss)) < tol * float(ref_loss)
+    # the backward rounds the saved activations and the incoming gradients too, and a batch
+    # norm of 8 samples divides by their spread: 4x the forward's bound, in norm
+    reference_grads = grads(reference)
+    assert float((amp_grads - reference_grads).norm() / reference_grads.norm()) < 4 * tol
+    for chain in (m for m in model.modules() if isinstance(m, OverparamChain)):
+        for factor in chain.factors:
+            g = factor.weight.grad
+            assert g is not None and bool(torch.isfinite(g).all()) and float(g.abs().max()) > 0
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.grad is not None)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cpu_amp_train_step_logic(dtype, batch_norm):
+    check_amp_train_step("cpu", dtype, batch_norm)
+
+
+@cuda_test
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cuda_amp_train_step(dtype, batch_norm):
+    check_amp_train_step("cuda", dtype, batch_norm)
+
+
+# ----------------------------------------------------------------------- eval cache and moves
+def check_eval_cache_moves(moves: list[tuple[Callable[[nn.Module], nn.Module], str, torch.dtype]]) -> None:
+    """After each move the cached collapsed weights are dropped and rebuilt on the new device
+    and dtype; the output agrees with a float64 CPU reference within :func:`tolerance`, and an
+    in-place update of a factor on the new device is seen by the next eval forward."""
+    model = tiny_net(batch_norm=True)
+    for chain in model.modules():
+        if isinstance(chain, OverparamChain):
+            randomize_(chain)
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+        chains = [m for m in model.modules() if isinstance(m, OverparamChain)]
+        assert all(c._cache is not None for c in chains)
+        for move, device, dtype in moves:
+            model = move(model)
+            assert all(c._cache is None for c in chains), "a move must drop the cached weights"
+            out = model(x.to(device, dtype))
+            for c in chains:
+                weight = c._cache[1]
+                assert (weight.device.type, weight.dtype) == (device, dtype)
+            reference = copy.deepcopy(model).to("cpu", torch.float64)
+            assert out.dtype == dtype and out.device.type == device
+            assert relative_error(out.double().cpu(), reference(x.double())) < tolerance(dtype, **TINY)
+        chains[0].factors[0].weight.mul_(2)
+        out = model(x.to(device, dtype))
+        reference = copy.deepcopy(model).to("cpu", torch.float64)
+        assert relative_error(out.double().cpu(), reference(x.double())) < tolerance(dtype, **TINY)
+
+
+def test_cpu_eval_cache_moves_logic():
+    check_eval_cache_moves(
+        [
+            (lambda m: m.to("cpu"), "cpu", torch.float32),
+            (lambda m: m.half(), "cpu", torch.float16),
+            (lambda m: m.float(), "cpu", torch.float32),
+            (lambda m: m.to(torch.float64), "cpu", torch.float64),
+        ]
+    )
+
+
+@cuda_test
+def test_cuda_eval_cache_after_to_cuda_half_and_back():
+    check_eval_cache_moves(
+        [
+            (lambda m: m.to("cuda"), "cuda", torch.float32),
+            (lambda m: m.half(), "cuda", torch.float16),
+            (lambda m: m.cpu(), "cpu", torch.float16),
+            (lambda m: m.cuda(), "cuda", torch.float16),
+            (lambda m: m.float(), "cuda", torch.float32),
+        ]
+    )
+
+
+# ----------------------------------------------------------------------- torch.compile
+def check_compiled_train_and_eval(device: str, backend: str, batch_norm: bool, steps: int = 2) -> int:
+    """Compiled (``fullgraph``) and eager copies trained side by side agree in loss, eval
+    output and weights; returns the number of compiled graphs (train and eval: 2)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    model = tiny_net(batch_norm).to(device)
+    eager = copy.deepcopy(model)
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 16, 16, device=device), torch.arange(4, device=device)
+    # float32, operations fused and reordered: the tolerance of one extra rounding per layer
+    tol = tolerance(torch.float32, **TINY)
+    with no_tf32(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lru_cache.*")
+        for _ in range(steps):
+            losses = []
+            for net, optimizer in ((compiled, opt), (eager, eager_opt)):
+                net.train()
+                optimizer.zero_grad()
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss))
+            assert abs(losses[0] - losses[1]) < tol * losses[1]
+            compiled.eval()
+            eager.eval()
+            with torch.no_grad():
+                assert relative_error(compiled(x), eager(x)) < tol
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    eager_params = torch.cat([p.detach().flatten() for p in eager.parameters()])
+    assert relative_error(params, eager_params) < tol
+    return counter.frame_count
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_cpu_compile_logic_aot_eager(batch_norm):
+    # inductor on the CPU is tests/test_compat.py's (slow: C++ compilation)
+    assert check_compiled_train_and_eval("cpu", "aot_eager", batch_norm) == 2
+
+
+@cuda_test
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_cuda_compile_inductor_train_and_eval(batch_norm):
+    assert check_compiled_train_and_eval("cuda", "inductor", batch_norm) == 2
+
+
+# ----------------------------------------------------------------------- expand, collapse, export
+def check_expand_collapse_export(device: str, out_dir: Path) -> None:
+    """From a model on ``device``: stock weights expanded into the factors, collapsed back,
+    exported; the export holds CPU tensors equal to the collapse, and plain timm loads it."""
+    stock = timm.create_model("resnet18", num_classes=7).eval()
+    model = timm.create_model("resnet18_op_d2_bn", num_classes=7).to(device)
+    errors = expand_pretrained(model, {k: v.to(device) for k, v in stock.state_dict().items()})
+    # a float32 SVD split of a kernel with <= 512*9 columns: eps * sqrt(fan-in) ~ 1e-5
+    assert max(errors.values()) < 1e-4
+    model.eval()
+    state = collapsed_state_dict(model)
+    assert {v.device.type for v in state.values()} == {device}
+    reference = stock.state_dict()
+    assert state.keys() == reference.keys()
+    worst = max(
+        relative_error(state[k].double().cpu(), v.double()) for k, v in reference.items() if v.is_floating_point()
+    )
+    assert worst < 1e-4
+    export_collapsed(model, out_dir)
+    weights = load_file(str(out_dir / "model.safetensors"))
+    assert {v.device.type for v in weights.values()} == {"cpu"}
+    assert all(torch.equal(weights[k], v.cpu()) for k, v in state.items())
+    loaded = timm.create_model(f"local-dir:{out_dir}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x.to(device)).cpu()
+        # resnet18: 21 layers, fan-in up to 512*9, computed once on each side
+        assert relative_error(loaded(x), expected) < tolerance(torch.float32, layers=21, depth=1, fan_in=512 * 9)
+
+
+def test_cpu_expand_collapse_export_logic(tmp_path):
+    check_expand_collapse_export("cpu", tmp_path / "out")
+
+
+@cuda_test
+def test_cuda_expand_collapse_export_from_gpu_model(tmp_path):
+    with no_tf32():
+        check_expand_collapse_export("cuda", tmp_path / "out")
+
+
+# ----------------------------------------------------------------------- DDP with NCCL
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@cuda_test
+@pytest.mark.skipif(HAS_CUDA and torch.cuda.device_count() < 2, reason="DDP with NCCL needs 2 GPUs")
+def test_cuda_ddp_nccl_matches_single_process(tmp_path):
+    # the CPU run of the same worker (gloo) is tests/test_distributed.py
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(WORKER)]
+    cmd += ["--modes", "ddp", "--steps", "3", "--device", "cuda", "--out", str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert out.exists(), f"worker wrote no results (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    (result,) = json.loads(out.read_text())
+    assert "error" not in result, result.get("traceback")
+    assert result["device"].startswith("cuda") and result["world_size"] == 2 and result["ranks_equal"]
+    # float64 on both sides, NCCL's sum of two halves vs one global batch: rounding only
+    assert result["max_rel_state_err"] < 1e-10 and max(result["eval_rel_errs"]) < 1e-10
