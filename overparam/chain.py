@@ -2,12 +2,15 @@
 
 Training runs either the factors in sequence ("expanded", required when the chain has batch
 norm) or one conv/linear with the effective weight built by autograd ("composed"), chosen per
-input shape by counted multiply-adds. Eval uses the effective weight, cached and rebuilt
+input shape by counted multiply-adds, or (``path_choice = "measure"``) by timing both once per
+input shape on the device at hand, as cuDNN's benchmark mode does. Eval uses the effective weight, cached and rebuilt
 whenever a factor or BN tensor changes. Both paths compute the same function.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 import warnings
 from typing import ClassVar, Literal
 
@@ -19,9 +22,11 @@ from .compose import bn_affine, collapse_chain
 from .cost import prefer_composed
 from .plan import ChainPlan
 
-__all__ = ["OverparamChain", "TrainPath"]
+__all__ = ["OverparamChain", "TrainPath", "PathChoice"]
 
 TrainPath = Literal["auto", "expanded", "composed"]
+#: how ``train_path="auto"`` chooses: counted multiply-adds, or both paths timed once per shape
+PathChoice = Literal["count", "measure"]
 
 _CONV_MODULES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN_MODULES: dict[int, type[nn.Module]] = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -46,6 +51,8 @@ class OverparamChain(nn.Module):
     #: stock weight and bias; any other tensor of a chain (a ScaledStdConv2d's gain) is the
     #: stock layer's own and is kept as it is by collapse and expansion
     COLLAPSED_PREFIXES: ClassVar[tuple[str, ...]] = ("factors.", "norms.")
+    #: the class default; set per chain through :attr:`path_choice`
+    _path_choice: PathChoice = "count"
 
     def __init__(self, plan: ChainPlan, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -113,6 +120,26 @@ class OverparamChain(nn.Module):
                 "depend on the intermediate maps, so the chain must run expanded in training"
             )
         self._train_path = value
+
+    @property
+    def path_choice(self) -> PathChoice:
+        """How ``train_path="auto"`` picks a path per input shape.
+
+        ``"count"`` (default): by counted multiply-adds (:func:`overparam.cost.prefer_composed`),
+        free and deterministic, tuned where compute is the only cost. ``"measure"``: the first
+        training forward of each input shape, dtype, device and autocast state times both
+        paths (:meth:`time_paths`) and keeps the faster, for devices where kernel launches,
+        memory traffic or tensor-core shapes decide. Both paths compute the same function, so
+        the choice changes speed only. Under ``torch.compile`` or without grad it counts.
+        """
+        return self._path_choice
+
+    @path_choice.setter
+    def path_choice(self, value: PathChoice) -> None:
+        if value not in ("count", "measure"):
+            raise ValueError(f"path_choice must be 'count' or 'measure', got {value!r}")
+        self._path_choice = value
+        self._path_by_shape.clear()
 
     # ------------------------------------------------------------------ effective weights
     def _state_tensors(self) -> list[Tensor]:
@@ -276,6 +303,38 @@ class OverparamChain(nn.Module):
         weight, bias = self.effective_weight_and_bias()
         return self._single_layer(x, self._transform_weight(weight), bias)
 
+    def time_paths(self, x: Tensor, repeats: int = 3) -> tuple[float, float]:
+        """Median seconds of one forward + backward of the composed and of the expanded path
+        on a prepared input like ``x`` (device-synchronised; in the current autocast state).
+
+        Gradients are taken with ``torch.autograd.grad``, so no ``.grad`` is touched. A chain
+        with batch norm (or a composed-only one) has a single training path: ``ValueError``.
+        """
+        if self.plan.batch_norm or self.composed_only is not None:
+            raise ValueError(f"{type(self).__name__} has a single training path here; nothing to time")
+        probe = x.detach().requires_grad_(x.requires_grad)
+        params = [p for p in self.parameters() if p.requires_grad]
+        inputs = params + ([probe] if probe.requires_grad else [])
+        sync = torch.cuda.synchronize if probe.is_cuda else (lambda: None)
+
+        def run(forward) -> float:
+            sync()
+            start = time.perf_counter()
+            out = forward(probe)
+            if inputs:
+                torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+            sync()
+            return time.perf_counter() - start
+
+        paths = (self._composed_forward, self._expanded_forward)
+        for forward in paths:  # warm-up: kernel selection, allocator
+            run(forward)
+        times: tuple[list[float], list[float]] = ([], [])
+        for r in range(repeats):
+            for i in (0, 1) if r % 2 == 0 else (1, 0):
+                times[i].append(run(paths[i]))
+        return statistics.median(times[0]), statistics.median(times[1])
+
     def _prefers_composed(self, x: Tensor) -> bool:
         if self._train_path != "auto":
             return self._train_path == "composed"
@@ -286,10 +345,18 @@ class OverparamChain(nn.Module):
             # Traced once per graph and folded to a constant; reading or filling the memo here
             # would guard on its contents and recompile after the first compiled call.
             return prefer_composed(self.plan, shape, needs_input_grad)
-        key = (shape, needs_input_grad)
+        key: tuple = (shape, needs_input_grad)
+        measure = self._path_choice == "measure" and not self.plan.batch_norm and torch.is_grad_enabled()
+        if measure:
+            key += (x.dtype, x.device, torch.is_autocast_enabled(x.device.type))
         choice = self._path_by_shape.get(key)
         if choice is None:
-            choice = self._path_by_shape[key] = prefer_composed(self.plan, shape, needs_input_grad)
+            if measure:
+                composed, expanded = self.time_paths(x)
+                choice = composed < expanded
+            else:
+                choice = prefer_composed(self.plan, shape, needs_input_grad)
+            self._path_by_shape[key] = choice
         return choice
 
     def forward(self, x: Tensor) -> Tensor:

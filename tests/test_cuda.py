@@ -353,3 +353,49 @@ def test_cuda_ddp_nccl_matches_single_process(tmp_path):
     assert result["device"].startswith("cuda") and result["world_size"] == 2 and result["ranks_equal"]
     # float64 on both sides, NCCL's sum of two halves vs one global batch: rounding only
     assert result["max_rel_state_err"] < 1e-10 and max(result["eval_rel_errs"]) < 1e-10
+
+
+# ----------------------------------------------------------------------- measured path choice
+def check_measured_path_choice(device: str) -> None:
+    """``path_choice="measure"`` times both paths once per shape and keeps one; whichever it
+    keeps, outputs and gradients equal both paths' (float64) and no ``.grad`` is left behind."""
+    torch.manual_seed(0)
+    layer = randomize_(OverparamConv2d(8, 8, 3, depth=3, padding=1, bias=True)).double().to(device).train()
+    layer.path_choice = "measure"
+    x = torch.randn(4, 8, 12, 12, dtype=torch.float64, device=device, requires_grad=True)
+    out = layer(x)
+    assert all(f.weight.grad is None for f in layer.factors), "timing must not accumulate gradients"
+    (key, chosen), *others = layer._path_by_shape.items()
+    assert not others and key[:2] == (tuple(x.shape), True) and isinstance(chosen, bool)
+    upstream = torch.randn_like(out)
+    grads_of = {}
+    for name, forward in (
+        ("measured", layer),
+        ("composed", layer.composed_forward),
+        ("expanded", layer.expanded_forward),
+    ):
+        result = forward(x)
+        assert relative_error(result, out) < TOL64, name
+        grads_of[name] = torch.autograd.grad(result, [x, *layer.parameters()], upstream)
+    for name in ("composed", "expanded"):
+        for g, ref in zip(grads_of["measured"], grads_of[name]):
+            assert relative_error(g, ref) < TOL64, name
+    layer(x)  # the second call of the same shape reuses the choice
+    assert len(layer._path_by_shape) == 1
+    with pytest.raises(ValueError, match="path_choice must be 'count' or 'measure'"):
+        layer.path_choice = "fastest"
+    bn = OverparamConv2d(8, 8, 3, padding=1, batch_norm=True).to(device).train()
+    bn.path_choice = "measure"  # batch norm: expanded in training, nothing to time
+    bn(x.float())
+    assert list(bn._path_by_shape.values()) == [False]
+    with pytest.raises(ValueError, match="single training path"):
+        bn.time_paths(x.float())
+
+
+def test_cpu_measured_path_choice_is_exact():
+    check_measured_path_choice("cpu")
+
+
+@cuda_test
+def test_cuda_measured_path_choice_is_exact():
+    check_measured_path_choice("cuda")
