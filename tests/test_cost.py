@@ -1,16 +1,16 @@
 """Counted multiply-adds, the composition order, and the kernel products they choose (float64)."""
 
-import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from overparam import OverparamConv1d, OverparamConv2d, OverparamLinear
 from overparam.compose import collapse_chain, compose_kernels
 from overparam.cost import (
     _order,
-    _product_macs,
     compose_macs,
     composed_training_macs,
     composition_order,
@@ -53,29 +53,28 @@ def test_compose_kernels_linear():
 
 
 def _all_orders(i, j):
+    """Every association of kernels ``i..j``, as nested ``(inner, outer)`` pairs."""
     if i == j:
-        yield i, 0
+        yield i
         return
     for split in range(i, j):
-        for inner, _ in _all_orders(i, split):
-            for outer, _ in _all_orders(split + 1, j):
-                yield (inner, outer), 0
+        for inner in _all_orders(i, split):
+            for outer in _all_orders(split + 1, j):
+                yield (inner, outer)
 
 
-def _cost(order, channels, kernels, groups):
-    """Multiply-adds and kernel size of an order, counted independently of the DP."""
+def _composed_in(order, kernels, groups):
     if isinstance(order, int):
-        return 0, kernels[order], order, order
+        return kernels[order]
     inner, outer = order
-    ci, ki, a, _ = _cost(inner, channels, kernels, groups)
-    co, ko, _, b = _cost(outer, channels, kernels, groups)
-    mid = channels[_first_leaf(outer)]  # the outer part's input channels
-    macs = ci + co + _product_macs(channels[b + 1], mid // groups, channels[a] // groups, ko, ki)
-    return macs, tuple(x + y - 1 for x, y in zip(ko, ki)), a, b
+    return compose_kernels(_composed_in(outer, kernels, groups), _composed_in(inner, kernels, groups), groups)
 
 
-def _first_leaf(order):
-    return order if isinstance(order, int) else _first_leaf(order[0])
+def _counted(order, kernels, groups):
+    """The kernel composed in ``order`` and the multiply-adds torch's own FLOP counter sees doing it."""
+    with FlopCounterMode(display=False) as counter:
+        kernel = _composed_in(order, kernels, groups)
+    return counter.get_total_flops() // 2, kernel
 
 
 @pytest.mark.parametrize(
@@ -88,11 +87,20 @@ def _first_leaf(order):
     ],
 )
 def test_composition_order_is_the_cheapest(channels, kernels, groups):
+    n = len(kernels)
+    weights = [
+        torch.randn(channels[j + 1], channels[j] // groups, *k, dtype=torch.float64) for j, k in enumerate(kernels)
+    ]
+    orders = list(_all_orders(0, n - 1))
+    assert len(set(orders)) == math.comb(2 * (n - 1), n - 1) // n  # Catalan(n - 1): the oracle tries every order
+    counted = {o: _counted(o, weights, groups) for o in orders}
     order, macs, size = _order(channels, kernels, groups)
-    costs = [_cost(o, channels, kernels, groups)[0] for o, _ in _all_orders(0, len(kernels) - 1)]
-    assert macs == min(costs)
-    assert _cost(order, channels, kernels, groups)[0] == macs
-    assert size == tuple(sum(k[d] for k in kernels) - len(kernels) + 1 for d in range(len(size)))
+    assert counted[order][0] == macs  # the DP's count is what composing in its order really costs
+    assert macs == min(c for c, _ in counted.values())
+    reference = counted[orders[0]][1]
+    assert size == tuple(reference.shape[2:])
+    for _, kernel in counted.values():  # every order is the same operator (float64, sums of <= 9 * 64 terms)
+        assert relative_error(kernel, reference) < 1e-12
 
 
 def test_k1111_composes_from_the_output_side():
@@ -145,16 +153,57 @@ def test_ordered_collapse_equals_sequential_products(factory):
 
 
 # ---------------------------------------------------------------------------- path choice
+def _counted_step(layer, shape, path, input_requires_grad):
+    """Multiply-adds torch's FLOP counter sees in one forward and backward of ``layer`` on ``path``."""
+    layer.train().train_path = path
+    x = torch.randn(*shape, requires_grad=input_requires_grad)
+    with FlopCounterMode(display=False) as counter:
+        layer(x).sum().backward()
+    return counter.get_total_flops() // 2
+
+
 def test_training_macs_count_forward_and_backward():
-    plan = OverparamConv2d(16, 16, kernel_sizes=3, padding=1).plan
-    shape = (8, 16, 32, 32)
-    forward = expanded_macs(plan, shape)
-    first = 8 * 32 * 32 * 16 * 16 * 9
-    assert expanded_training_macs(plan, shape) == 3 * forward
-    assert expanded_training_macs(plan, shape, input_requires_grad=False) == 3 * forward - first
-    single = 8 * 32 * 32 * 16 * 16 * 9
-    assert composed_training_macs(plan, shape) == 3 * compose_macs(plan) + 3 * single
-    assert composed_training_macs(plan, shape, input_requires_grad=False) == 3 * compose_macs(plan) + 2 * single
+    # counted by hand from the layer's shapes: the 3x3 factor, then the 1x1 factor (hidden width 16)
+    layer = OverparamConv2d(16, 16, kernel_sizes=3, padding=1, bias=False)
+    plan, shape = layer.plan, (8, 16, 32, 32)
+    positions = 8 * 32 * 32
+    first, second = positions * 16 * 16 * 9, positions * 16 * 16
+    single = positions * 16 * 16 * 9  # the collapsed 3x3 conv
+    compose = 16 * 16 * 16 * 9  # the 1x1 kernel times the 3x3 one: a matmul over its 9 taps
+    assert expanded_macs(plan, shape) == first + second
+    assert compose_macs(plan) == compose
+    assert expanded_training_macs(plan, shape) == 3 * (first + second)
+    assert expanded_training_macs(plan, shape, input_requires_grad=False) == 3 * (first + second) - first
+    assert composed_training_macs(plan, shape) == 3 * compose + 3 * single
+    assert composed_training_macs(plan, shape, input_requires_grad=False) == 3 * compose + 2 * single
+
+
+@pytest.mark.parametrize(
+    "factory,shape",
+    [
+        (lambda: OverparamConv2d(16, 16, kernel_sizes=3, padding=1, bias=False), (8, 16, 32, 32)),
+        (
+            lambda: OverparamConv2d(4, 8, kernel_sizes=[1, 3, 1, 1], padding=1, width=1.5, stride=2, bias=False),
+            (2, 4, 9, 9),
+        ),
+        (lambda: OverparamConv1d(3, 5, kernel_sizes=[3, 3, 1], padding=2, bias=False), (2, 3, 10)),
+        (lambda: OverparamLinear(10, 3, depth=4, width=5, bias=False), (5, 2, 10)),
+    ],
+)
+def test_training_macs_are_what_torch_counts(factory, shape):
+    # torch's FLOP counter (2 per multiply-add) is independent of the cost model; it is exact for
+    # ungrouped convs and matmuls (it counts a grouped conv's backward as dense), and bias=False
+    # because the model leaves out the bias's out x hidden product
+    layer = factory()
+    for requires_grad in (True, False):
+        counted = _counted_step(layer, shape, "expanded", requires_grad)
+        assert expanded_training_macs(layer.plan, shape, requires_grad) == counted
+        counted = _counted_step(layer, shape, "composed", requires_grad)
+        assert composed_training_macs(layer.plan, shape, requires_grad) == counted
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        layer.train_path = "expanded"
+        layer(torch.randn(*shape))
+    assert expanded_macs(layer.plan, shape) == counter.get_total_flops() // 2
 
 
 def test_both_branches_of_the_path_choice():
@@ -252,8 +301,3 @@ def test_expanded_forward_does_not_save_a_padded_copy():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
         layer(x)
     assert (2, 4, 8, 8) not in shapes
-
-
-def test_orders_enumerated_for_small_chains():
-    assert len(list(_all_orders(0, 3))) == 5  # Catalan(3)
-    assert list(itertools.islice(_all_orders(0, 0), 2)) == [(0, 0)]
