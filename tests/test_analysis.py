@@ -2,7 +2,6 @@
 
 import copy
 import json
-import math
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from overparam import OverparamConv2d, OverparamLinear, collapse, overparameteri
 from overparam.analysis import (
     as_matrix,
     effective_rank,
+    effective_rank_from_singular_values,
     embedding_effective_rank,
     singular_values,
     spectrum,
@@ -36,8 +36,16 @@ ERANK_9_1 = 1.3841454885
 
 
 def test_hand_computed_constants():
-    assert math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))) == pytest.approx(ERANK_3_1, abs=1e-10)
-    assert math.exp(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1))) == pytest.approx(ERANK_9_1, abs=1e-10)
+    # exp(H) of p = [3/4, 1/4] is (4/3)^(3/4) * 4^(1/4) = 4 / 3^(3/4); of [9/10, 1/10], 10 / 9^(9/10):
+    # closed forms with no logarithm, so the check does not repeat the code's formula
+    assert ERANK_3_1 == pytest.approx(4 / 3**0.75, abs=1e-10)  # the constants carry 10 decimals
+    assert ERANK_9_1 == pytest.approx(10 / 9**0.9, abs=1e-10)
+    # float64 entropy of two or three terms: a few ulps (~1e-15) off the closed form
+    for values, expected in (([3.0, 1.0], 4 / 3**0.75), ([0.0, 1.0, 3.0], 4 / 3**0.75), ([9.0, 1.0], 10 / 9**0.9)):
+        assert effective_rank_from_singular_values(torch.tensor(values)) == pytest.approx(expected, abs=1e-13)
+        assert effective_rank(torch.diag(torch.tensor(values, dtype=torch.float64))) == pytest.approx(
+            expected, abs=1e-13
+        )
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
