@@ -28,7 +28,7 @@ import copy
 import importlib.metadata
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -97,9 +97,10 @@ class QuantizedModel:
 
 @dataclass
 class Int8Result:
-    """What :func:`quantize_export` wrote and measured."""
+    """What :func:`quantize_export` wrote (the program, at ``path``), measured and recorded."""
 
     path: Path
+    program: torch.export.ExportedProgram
     accuracy: Int8Accuracy
     config: dict[str, Any]
 
@@ -228,20 +229,6 @@ def _measure(
     return Int8Accuracy(right32 / total, right8 / total, same / total, calibration_images, total)
 
 
-class _Preprocessed(torch.utils.data.Dataset):
-    """``dataset``'s ``(PIL image, class)`` pairs through ``transform``, leaving ``dataset`` as it was."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: Sequence[int], transform: Any) -> None:
-        self.dataset, self.indices, self.transform = dataset, list(indices), transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, target = self.dataset[self.indices[index]]
-        return self.transform(image), int(target)
-
-
 def image_batches(
     dataset: torch.utils.data.Dataset,
     transform: Any,
@@ -250,19 +237,30 @@ def image_batches(
     batch_size: int = 64,
     seed: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Batches of ``dataset`` (``(PIL image, class)`` pairs, its own ``transform`` unset) through
-    ``transform`` (:func:`export_transform`); with ``limit``, a fixed random subset of that size.
+    """Batches of ``dataset`` through ``transform`` (:func:`export_transform`); with ``limit``, a
+    fixed random subset of that size.
+
+    ``dataset`` is a map-style dataset with a ``transform`` attribute, as timm's datasets and
+    :mod:`overparam_zoo.experiments.datasets`' are; like timm's ``create_loader`` this sets it,
+    but on a shallow copy, so a transform set earlier (by a training loader) is neither used nor
+    changed.
 
     Raises:
-        QuantizeError: for a ``limit`` below one.
+        QuantizeError: for a ``limit`` below one, or a dataset without a ``transform`` attribute.
     """
     if limit is not None and limit < 1:
         raise QuantizeError(f"limit: {limit} images; expected at least 1")
-    indices: Sequence[int] = range(len(dataset))
+    if not hasattr(dataset, "transform"):
+        raise QuantizeError(
+            f"dataset: a {type(dataset).__name__} has no transform attribute; expected a map-style dataset of "
+            "(PIL image, class) pairs with one, as timm's datasets have"
+        )
+    view = copy.copy(dataset)
+    view.transform = transform
     if limit is not None and limit < len(dataset):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        indices = sorted(order[:limit].tolist())
-    return torch.utils.data.DataLoader(_Preprocessed(dataset, indices, transform), batch_size=batch_size)
+        view = torch.utils.data.Subset(view, sorted(order[:limit].tolist()))
+    return torch.utils.data.DataLoader(view, batch_size=batch_size)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -348,11 +346,21 @@ def _check_data(
             "expected the data the export was trained on"
         )
     expected = config["pretrained_cfg"].get("input_size")
-    image = transform(calibration[0][0])
-    if expected and image.shape[0] != expected[0]:
+    raw = copy.copy(calibration)
+    raw.transform = None  # the image as stored, whatever transform a training loader set
+    image = raw[0][0]
+    channels = len(image.getbands()) if hasattr(image, "getbands") else None  # a PIL image's channels
+    if channels is None or not expected or channels == expected[0]:
+        try:
+            channels = transform(image).shape[0]
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise QuantizeError(
+                f"{data_name} images do not go through {folder}'s preprocessing: {first_line(err)}"
+            ) from err
+    if expected and channels != expected[0]:
         raise QuantizeError(
-            f"{data_name} images have {image.shape[0]} channel(s) after the export's preprocessing; {folder} takes "
-            f"{expected[0]} (config.json input_size {list(expected)})"
+            f"{data_name} images have {channels} channel(s); {folder} takes {expected[0]} "
+            f"(config.json input_size {list(expected)})"
         )
 
 
@@ -462,4 +470,4 @@ def quantize_export(
         shown = str(path.resolve())
     record = {"file": shown, "dataset": data_name, "quantizer": _QUANTIZER, "versions": _versions()}
     record.update(asdict(quantized.accuracy))
-    return Int8Result(path, quantized.accuracy, record_int8(folder, record))
+    return Int8Result(path, quantized.program, quantized.accuracy, record_int8(folder, record))
