@@ -312,7 +312,8 @@ def test_push_dry_run_lists_what_it_would_upload_and_changes_nothing(train_run, 
     assert validate_export(out) == [p.relative_to(out) for p in sorted(out.glob("[!.]*"))]
 
 
-def test_push_validation_names_the_problem(train_run, tmp_path, offline_hub, capsys):
+def test_push_validation_names_the_problem(train_run, tmp_path, offline_hub, capsys, monkeypatch):
+    monkeypatch.setenv("OVERPARAM_ZOO_PROGRESS", "off")  # stderr: the error line alone
     good = export_run(train_run, tmp_path)
     capsys.readouterr()
 
@@ -364,6 +365,7 @@ def test_push_validation_names_the_problem(train_run, tmp_path, offline_hub, cap
 
 
 def test_push_fails_in_one_line_without_token_or_hub(train_run, tmp_path, offline_hub, monkeypatch, capsys):
+    monkeypatch.setenv("OVERPARAM_ZOO_PROGRESS", "off")  # stderr: the error line alone
     out = export_run(train_run, tmp_path)
     capsys.readouterr()
     assert main(["push", str(out), "--repo-id", "someone/resnet18-pets"]) == 1

@@ -1,10 +1,16 @@
 """Reading checkpoints: timm ``train.py`` files, plain state dicts and safetensors, and the
-model names they carry. Reading only: :mod:`overparam_zoo.checkpoints.loading` turns them into models."""
+model names they carry. Reading only: :mod:`overparam_zoo.checkpoints.loading` turns them into models.
+
+A file is never executed: torch files are loaded with ``weights_only=True`` (tensors, containers,
+numbers and train.py's ``argparse.Namespace``), and one holding other pickled objects is refused
+with how to convert a trusted file yourself, never with advice to load it unsafely here."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +32,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():  # our message, not torch's advice to load it unsafely
+            raise _untrusted(path, err) from None
+        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     except Exception as err:
         raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     return {k: v for k, v in data.items() if not k.startswith("state_dict")} if isinstance(data, dict) else {}
+
+
+def _untrusted(path: Path, err: pickle.UnpicklingError) -> CheckpointError:
+    """A file that holds pickled Python objects, which ``weights_only`` loading refuses to run."""
+    found = _GLOBAL.search(str(err))
+    what = f"a pickled Python object ({found.group(1)})" if found else "pickled data that is not plain tensors"
+    return CheckpointError(
+        f"{path} holds {what}, so it was not loaded and nothing in it was executed (unpickling can run any code); "
+        "if you trust the file, convert it yourself to plain tensors, e.g. in Python: "
+        f"`ckpt = torch.load({str(path)!r}, weights_only=False)` then "
+        '`safetensors.torch.save_file(ckpt["state_dict"], "model.safetensors")` '
+        "(ckpt itself for a plain state dict), and export model.safetensors"
+    )
 
 
 def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -62,6 +85,7 @@ def named_architectures(path: str | Path, meta: dict[str, Any]) -> list[str]:
     return [n for n in names if isinstance(n, str) and n]
 
 
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 _SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 

@@ -70,22 +70,20 @@ def _metadata(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from overparam_zoo.checkpoints.loading import load_model
-    from overparam_zoo.sharing.export import check_out_dir, export_collapsed
+    from overparam_zoo.progress import Progress
+    from overparam_zoo.sharing.export import PROGRESS_STEPS, check_out_dir, export_collapsed
     from overparam_zoo.sharing.metadata import MetadataWarning
-    from overparam_zoo.sharing.publish import hub_token, push_export, validate_repo_id
+    from overparam_zoo.sharing.publish import PUSH_STEPS, hub_token, push_export, validate_repo_id
 
     check_out_dir(Path(args.out), args.force)
     if args.push_to_hub:  # fail before the export on what can be checked offline
         validate_repo_id(args.push_to_hub)
         hub_token()
-    with tqdm(total=5, desc="export", file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} {postfix}") as bar:
+    with Progress("export", 1 + PROGRESS_STEPS) as progress:
 
         def step(message: str) -> None:
-            bar.set_postfix_str(message)
-            bar.update(1)
+            progress.update(1, note=message)
 
         step("reading checkpoint")
         model, name = load_model(args.checkpoint, model=args.model, use_ema=not args.no_ema)
@@ -101,5 +99,13 @@ def run(args: argparse.Namespace) -> int:
     for path in result.extra_files:
         print(f"  plus {path}")
     if args.push_to_hub:
-        push_export(result.out_dir, args.push_to_hub, private=args.private, revision=args.revision)
+        with Progress("push", PUSH_STEPS) as progress:
+            push_export(
+                result.out_dir,
+                args.push_to_hub,
+                private=args.private,
+                revision=args.revision,
+                progress=lambda note: progress.update(1, note=note),
+                hub_progress_bars=progress.mode == "bar",
+            )
     return 0

@@ -31,7 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.sharing.publish import push_export
+    from overparam_zoo.progress import Progress
+    from overparam_zoo.sharing.publish import PUSH_STEPS, push_export
 
-    push_export(args.dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    with Progress("push", 1 if args.dry_run else PUSH_STEPS) as progress:
+        push_export(
+            args.dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            dry_run=args.dry_run,
+            progress=lambda note: progress.update(1, note=note),
+            hub_progress_bars=progress.mode == "bar",
+        )
     return 0

@@ -49,14 +49,18 @@ def run(args: argparse.Namespace) -> int:
     """Print the per-layer table and write the optional plot and JSON; returns the exit code."""
     from overparam_zoo.checkpoints.loading import load_model
     from overparam_zoo.files import atomic_write
+    from overparam_zoo.progress import Progress
 
     if args.plot:
         _import_matplotlib()
-    model, architecture = load_model(args.source, model=args.model)
-    try:
-        layers = spectrum(model)
-    except ValueError as err:
-        raise AnalysisError(f"{architecture}: {err}") from None
+    with Progress("spectrum", 2) as progress:
+        progress.update(1, note=f"loading {args.source}")
+        model, architecture = load_model(args.source, model=args.model)
+        progress.update(1, note=f"singular values of {architecture}'s layers")
+        try:
+            layers = spectrum(model)
+        except ValueError as err:
+            raise AnalysisError(f"{architecture}: {err}") from None
     if not layers:
         raise AnalysisError(f"{architecture} has no Linear/Conv layers to measure")
     title = architecture if args.source == architecture else f"{args.source} ({architecture})"

@@ -18,11 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from overparam_zoo.checkpoints.loading import load_model
+    from overparam_zoo.progress import Progress
     from overparam_zoo.sharing.verify import variant_of, verify_collapse
 
-    model, _ = load_model(args.target, model=args.model, use_ema=not args.no_ema)
-    variant, model_args = variant_of(model)
-    report = verify_collapse(model, variant, model_args)
+    with Progress("verify", 2) as progress:
+        progress.update(1, note=f"loading {args.target}")
+        model, _ = load_model(args.target, model=args.model, use_ema=not args.no_ema)
+        variant, model_args = variant_of(model)
+        progress.update(1, note=f"measuring the collapse of {variant.name} (float64, float32)")
+        report = verify_collapse(model, variant, model_args)
     width = max([len("layer")] + [len(c.path) for c in report.layers])
     print(f"{'layer':{width}s}  {'kind':18s}  collapse error (float64)")
     for c in report.layers:

@@ -26,6 +26,9 @@ __all__ = ["Zoo", "TimmZoo", "TorchvisionZoo", "ZOOS", "get_zoo"]
 #: ``builder(**kwargs) -> nn.Module`` for one variant, as the zoo's registry calls it
 Builder = Callable[..., nn.Module]
 
+#: build arguments a timm ``config.json`` keeps at its top level only, never in ``model_args``
+_LOADER_ARGS = ("num_classes",)
+
 
 class Zoo(ABC):
     """What the registry and the exports need from a model zoo."""
@@ -183,7 +186,15 @@ class TimmZoo(Zoo):
         from timm.models._hub import save_config_for_hf
 
         save_config_for_hf(model, str(path), model_config=extra)
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
+        # loaders pass these themselves: transformers builds ``timm.create_model(architecture,
+        # num_classes=num_labels, **model_args)`` (a repeated key is a TypeError), timm reads the top level
+        for key in _LOADER_ARGS:
+            config.get("model_args", {}).pop(key, None)
+        if config.get("model_args") == {}:
+            del config["model_args"]
+        path.write_text(json.dumps(config, indent=2))
+        return config
 
     def pretrained_origin(self, base: str, trained_name: str) -> str | None:
         from timm.models import get_pretrained_cfg, split_model_name_tag

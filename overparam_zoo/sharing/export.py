@@ -12,6 +12,11 @@ preprocessing from the training run (:mod:`overparam_zoo.sharing.data_config`), 
 label names, no inherited tag, paper, license or hub ids. A ``README.md`` model card
 (:mod:`overparam_zoo.sharing.model_card`) travels with it.
 
+A diverged run is never exported: a NaN or Inf in the op model's weights, in the collapsed
+weights (finite factors can overflow when multiplied) or in the collapsed model's output on the
+probe input stops the export with an :class:`~overparam_zoo.errors.ExportError` naming the first
+tensors (or the first layer) affected, before anything is written.
+
 Writes are atomic: everything goes to a temporary folder beside ``out_dir`` that is renamed
 into place at the end, so a failed export leaves nothing half-written.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import math
 import os
 import shutil
 import tempfile
@@ -43,13 +49,23 @@ from overparam_zoo.names.zoos import get_zoo
 from overparam_zoo.sharing.data_config import describe_weights
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.model_card import CARD_NAME, render_model_card
-from overparam_zoo.sharing.verify import collapse_error, probe_input, probe_shape, variant_of
+from overparam_zoo.sharing.verify import (
+    collapse_error,
+    first_names,
+    non_finite,
+    non_finite_output,
+    probe_input,
+    probe_shape,
+    variant_of,
+)
 
-__all__ = ["ExportResult", "export_collapsed", "check_out_dir", "PROVENANCE_KEY"]
+__all__ = ["ExportResult", "export_collapsed", "check_out_dir", "PROVENANCE_KEY", "PROGRESS_STEPS"]
 
 PROVENANCE_KEY = "overparam_zoo"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+PROGRESS_STEPS = 4
+"""How many times :func:`export_collapsed` calls its ``progress`` callback, for a caller's counter."""
 
 
 @dataclass
@@ -132,7 +148,8 @@ def export_collapsed(
 
     Raises:
         ExportError: for a model that does not fit its base architecture, a bias gained inside
-            a chain with no BatchNorm to fold into, preprocessing or labels that do not fit the
+            a chain with no BatchNorm to fold into, NaN or Inf in the weights, the collapsed weights
+            or the probe output (a diverged run), preprocessing or labels that do not fit the
             model, or an occupied ``out_dir``; nothing is written then.
     """
     step = progress or (lambda _msg: None)
@@ -143,11 +160,24 @@ def export_collapsed(
     else:
         found, args = variant_of(model)
     step("collapsing")
+    trained = model.state_dict()
+    diverged = non_finite(trained)
+    if diverged:
+        raise ExportError(
+            f"{found.name}'s weights hold NaN or Inf in {first_names(diverged, len(trained))}: the run diverged, "
+            "so nothing was written"
+        )
     try:
         collapsed = collapsed_state_dict(model)
     except ValueError as err:  # a bias gained inside a chain with no BatchNorm to fold into
         raise ExportError(f"cannot collapse {found.name}: {err}") from err
     state = {k: v.detach().contiguous().clone() for k, v in collapsed.items()}
+    overflowed = non_finite(state)
+    if overflowed:
+        raise ExportError(
+            f"collapsing {found.name} overflows to NaN or Inf in {first_names(overflowed, len(state))}: its factors "
+            "are finite, their product is not; nothing was written"
+        )
     step(f"loading into {found.base}")
     stock = build_base(found, **args).eval()
     mismatch = describe_mismatch(stock.state_dict(), state)
@@ -156,7 +186,18 @@ def export_collapsed(
     stock.load_state_dict(state, strict=True)
     step("measuring the collapse error (float64)")
     shape = probe_shape(stock, found)
+    dtype = next(stock.parameters()).dtype
+    where = non_finite_output(stock, probe_input(shape, dtype))
+    if where is not None:
+        raise ExportError(
+            f"the collapsed {found.base} outputs NaN or Inf on the probe input ({str(dtype).removeprefix('torch.')}, "
+            f"{'x'.join(map(str, shape))}), first in {where or 'its final output'}; nothing was written"
+        )
     error = collapse_error(copy.deepcopy(model).double().eval(), found, args, probe_input(shape, torch.float64))
+    if not math.isfinite(error):
+        raise ExportError(
+            f"the float64 collapse check of {found.name} gives {error} on the probe input; nothing was written"
+        )
     described = describe_weights(stock, metadata)  # the config fields of these weights, checked before writing
     step(f"writing {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

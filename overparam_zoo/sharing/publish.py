@@ -3,7 +3,7 @@
 :func:`validate_export` checks that a folder is what ``overparam-zoo export`` writes and that
 plain timm (or torchvision) can load it: the files, ``config.json``, the model card's front
 matter, and the weights' keys and shapes against the base architecture, loaded with
-``strict=True``. :func:`push_export` then uploads exactly the listed files with
+``strict=True``, none of them NaN or Inf. :func:`push_export` then uploads exactly the listed files with
 ``huggingface_hub`` (``create_repo`` + ``upload_folder``); every failure, from a missing token to
 an unreachable hub, is a one-line :class:`~overparam_zoo.errors.PublishError`.
 """
@@ -26,13 +26,17 @@ from overparam_zoo.errors import PublishError, UnknownModelError
 from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
 from overparam_zoo.sharing.model_card import CARD_NAME
+from overparam_zoo.sharing.verify import first_names, non_finite
 
-__all__ = ["PushResult", "hub_client", "hub_token", "push_export", "validate_export", "validate_repo_id"]
+__all__ = ["PUSH_STEPS", "PushResult", "hub_client", "hub_token", "push_export", "validate_export", "validate_repo_id"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PROVENANCE_KEY = "overparam_zoo"
 REQUIRED_FILES: tuple[str, ...] = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+PUSH_STEPS = 2
+"""How many times :func:`push_export` calls its ``progress`` callback: validating, then uploading
+(not in a dry run)."""
 
 # the load line of the model card; its repo id is set to where the folder is pushed
 _HUB_LOAD = re.compile(r'(timm\.create_model\("hf-hub:)[^"]*(", pretrained=True\))')
@@ -137,6 +141,11 @@ def _check_weights(folder: Path, config: dict[str, Any]) -> None:
         state = load_file(str(path))
     except (OSError, SafetensorError) as err:
         raise PublishError(f"{path}: not a readable safetensors file ({err})") from err
+    diverged = non_finite(state)
+    if diverged:
+        raise PublishError(
+            f"{path} holds NaN or Inf in {first_names(diverged, len(state))}: diverged weights are not published"
+        )
     model = _base_model(config)
     mismatch = describe_mismatch(model.state_dict(), state)
     if mismatch:
@@ -154,7 +163,8 @@ def validate_export(folder: str | Path) -> list[Path]:
 
     Raises:
         PublishError: naming the first problem (missing file, bad config, card without front
-            matter, weights that do not load strictly into the architecture ``config.json`` names).
+            matter, weights that do not load strictly into the architecture ``config.json`` names,
+            weights holding NaN or Inf).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -205,6 +215,8 @@ def push_export(
     dry_run: bool = False,
     token: str | None = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
+    hub_progress_bars: bool = True,
 ) -> PushResult:
     """Validate ``folder`` and upload it to the model repository ``repo_id`` (created if absent).
 
@@ -216,15 +228,20 @@ def push_export(
         dry_run: validate and list the files, upload nothing, change nothing.
         token: a hub token; default the logged-in one (``HF_TOKEN`` or ``hf auth login``).
         log: receives one line per file and step.
+        progress: called with a short description before each of :data:`PUSH_STEPS` steps.
+        hub_progress_bars: ``False`` turns off huggingface_hub's upload bars for the upload
+            (they redraw with carriage returns, noise in a log).
 
     Raises:
         PublishError: invalid folder or repo id, no ``huggingface_hub``, no token, or any failure
             of the hub (unreachable, offline mode, refused); one line each.
     """
+    step = progress or (lambda _msg: None)
     folder = Path(folder)
     hub = hub_client()
     from huggingface_hub import constants
 
+    step(f"validating {folder}")
     validate_repo_id(repo_id)
     files = validate_export(folder)
     if not dry_run:
@@ -238,7 +255,13 @@ def push_export(
         log(f"  {rel.as_posix()}  ({(folder / rel).stat().st_size:,} bytes)")
     if dry_run:
         return PushResult(repo_id, files, revision, dry_run=True)
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    step(f"uploading to {repo_id}")
     api = hub.HfApi(token=token, library_name="overparam-zoo")
+    bars_were_off = are_progress_bars_disabled()
+    if not hub_progress_bars:
+        disable_progress_bars()
     try:  # the client's transport errors differ by version (requests, httpx, ...): every failure here is one
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
@@ -252,6 +275,9 @@ def push_export(
         )
     except Exception as err:
         raise _hub_failure(err, repo_id, endpoint) from err
+    finally:
+        if not bars_were_off:
+            enable_progress_bars()
     url = getattr(commit, "commit_url", None)
     log(f"uploaded to {endpoint}/{repo_id}" + (f": {url}" if url else ""))
     return PushResult(repo_id, files, revision, dry_run=False, commit_url=url)

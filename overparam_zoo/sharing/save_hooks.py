@@ -1,7 +1,8 @@
 """Exporting the collapsed model whenever a checkpoint is saved.
 
 :class:`ExportOnSave` is a callback for custom loops; :func:`install_checkpoint_saver_hook`
-makes timm's ``CheckpointSaver`` call it. Importing :mod:`overparam_zoo.export_on_save`
+makes timm's ``CheckpointSaver`` call it. The hook never ends a training run: an export that
+fails (a diverged epoch's NaN weights, ...) is skipped with a warning naming why. Importing :mod:`overparam_zoo.export_on_save`
 installs the hook (the opt-in for timm's ``train.py --device-modules``).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from overparam_zoo.errors import OverparamZooError
 from overparam_zoo.sharing.export import ExportResult, export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 
@@ -45,6 +47,30 @@ class ExportOnSave:
         return result
 
 
+def _export_saved(saver: Any, model: nn.Module, epoch: int) -> None:
+    """Export the model a ``CheckpointSaver`` just saved; an export that fails (a diverged run's
+    NaN weights, ...) is skipped with a warning, never ends the training run."""
+    export = ExportOnSave(saver.checkpoint_dir)
+    # train.py's args give the export its preprocessing; its summary.csv (written before the save) the results
+    run = None
+    if saver.args is not None:
+        run = ExportMetadata.from_run(saver.args, output_dir=saver.checkpoint_dir, epoch=epoch)
+    tags = ["last", "best"] if saver.best_epoch == epoch else ["last"]
+    try:
+        for tag in tags:
+            export(model, tag, run)
+    except OverparamZooError as err:
+        kept = [f"collapsed-{t}" for t in tags if (export.out_dir / f"collapsed-{t}").is_dir()]
+        logger.warning(
+            "overparam_zoo: skipped the export of epoch %s (%s): %s%s; training goes on, and the checkpoint "
+            "itself was saved",
+            epoch,
+            ", ".join(f"collapsed-{t}" for t in tags),
+            err,
+            f"; earlier exports stay in {', '.join(kept)}" if kept else "",
+        )
+
+
 def install_checkpoint_saver_hook() -> None:
     """Make ``timm.utils.CheckpointSaver.save_checkpoint`` also export (idempotent)."""
     from timm.utils import CheckpointSaver
@@ -58,14 +84,7 @@ def install_checkpoint_saver_hook() -> None:
         result = original(self, epoch, metric)
         model = self.unwrap_fn(self.model_ema if self.model_ema is not None else self.model)
         if getattr(model, "overparam_zoo", None) is not None:
-            export = ExportOnSave(self.checkpoint_dir)
-            # train.py's args give the export its preprocessing; its summary.csv (written before the save) the results
-            run = None
-            if self.args is not None:
-                run = ExportMetadata.from_run(self.args, output_dir=self.checkpoint_dir, epoch=epoch)
-            export(model, "last", run)
-            if self.best_epoch == epoch:
-                export(model, "best", run)
+            _export_saved(self, model, epoch)
         return result
 
     save_checkpoint._overparam_zoo_export = True  # type: ignore[attr-defined]

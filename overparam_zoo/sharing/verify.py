@@ -6,6 +6,7 @@ Export records the model-level error in its provenance; ``overparam-zoo verify``
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ __all__ = [
     "probe_input",
     "probe_shape",
     "relative_difference",
+    "non_finite",
+    "non_finite_output",
+    "first_names",
 ]
 
 
@@ -76,6 +80,41 @@ def probe_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max absolute difference, relative to the largest magnitude of ``b``."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity, in order: a diverged run."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def first_names(names: list[str], total: int) -> str:
+    """``"a, b, c and 4 more (7 of 120 tensors)"``: the tensors an error names, on one line."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{shown} ({len(names)} of {total} tensors)"
+
+
+def non_finite_output(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The first module, in call order, whose output on ``x`` holds a NaN or an infinity
+    (``""`` for the model's own output alone); ``None`` when every output is finite."""
+    found: list[str] = []
+
+    def hook(path: str):
+        def check(module: nn.Module, inputs: Any, output: Any) -> None:
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            tensors = [o for o in outputs if isinstance(o, torch.Tensor) and o.is_floating_point()]
+            if not found and any(not bool(torch.isfinite(t).all()) for t in tensors):
+                found.append(path)
+
+        return check
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
 
 
 def collapse_error(model: nn.Module, variant: Variant, args: dict[str, Any], x: torch.Tensor) -> float:
