@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from contextlib import nullcontext
 from typing import ClassVar, Literal
 
 import torch
@@ -174,7 +175,9 @@ class OverparamChain(nn.Module):
     def effective_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """Collapse the chain now, with autograd, in the parameters' dtype (never autocast)."""
         device_type = self.factors[0].weight.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs)
+        no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
+        with no_autocast:
             return collapse_chain(
                 self.plan,
                 [f.weight for f in self.factors],

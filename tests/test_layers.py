@@ -192,15 +192,32 @@ def test_cache_follows_load_state_dict_and_bn_buffers():
 
 
 def test_cache_follows_dtype_and_device_moves():
-    layer = OverparamConv2d(3, 4, padding=1).eval()
-    x = torch.randn(1, 3, 5, 5)
+    layer = randomize_(OverparamConv2d(3, 4, padding=1, batch_norm=True)).eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     with torch.no_grad():
-        layer(x)
+        w32 = layer.weight
+        assert layer.weight is w32 and w32.dtype == torch.float32  # cached: built once
+        assert (
+            relative_error(layer(x.float()), layer.expanded_forward(x.float())) < 1e-6
+        )  # float32: u = 6e-8, 27-term sums
+
         layer.double()
-        assert layer.weight.dtype == torch.float64
-        assert layer(x.double()).dtype == torch.float64
+        assert layer._cache is None  # .to() dropped the float32 cache
+        w64 = layer.weight
+        assert w64.dtype == torch.float64 and layer.weight is w64
+        # a float32 cache cast up would be ~1e-7 off; float64 (u = 1e-16) over 27-term sums is ~1e-15
+        assert relative_error(layer(x), layer.expanded_forward(x)) < 1e-12
+        assert relative_error(w64, w32.double()) < 1e-6  # the same weights, moved: only float32 rounding apart
+
         layer.float()
+        assert layer._cache is None
         assert layer.weight.dtype == torch.float32
+        assert relative_error(layer(x.float()), layer.expanded_forward(x.float())) < 1e-6
+        assert relative_error(layer.weight.double(), w64) < 1e-6
+
+        layer.to("meta")  # a device move: the cache must not keep the CPU tensor
+        assert layer._cache is None
+        assert layer.weight.device.type == "meta" and layer(x.float().to("meta")).shape == (2, 4, 5, 5)
 
 
 def test_gradients_reach_factors_in_eval_mode():
