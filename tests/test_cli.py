@@ -1,12 +1,17 @@
 """The overparam-zoo command line and running unmodified scripts with the registry loaded."""
 
+import argparse
+import contextlib
+import io
 import subprocess
 import sys
 import sysconfig
 import textwrap
 from pathlib import Path
 
-from overparam_zoo.cli import main
+import pytest
+
+from overparam_zoo.cli import COMMANDS, build_parser, main
 
 TRAIN_PY_LIKE = """
 import argparse, importlib, sys
@@ -86,11 +91,23 @@ def test_run_launcher_passes_argv_and_exit_code(tmp_path):
 
 
 def test_console_script_help():
-    """The installed console script, found beside this interpreter (not through PATH)."""
+    """The installed console script, found beside this interpreter (not through PATH): its help
+    lists every command of COMMANDS with its own help line (not just words of the description),
+    and every subcommand's --help exits 0 and names its own usage."""
     folders = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
     script = next((f / "overparam-zoo" for f in folders if (f / "overparam-zoo").is_file()), None)
     assert script is not None, f"no overparam-zoo script in {folders}; install the package (pip install -e .)"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0
-    for command in ("list", "show", "run", "export", "verify", "spectrum"):
-        assert command in result.stdout
+    assert result.returncode == 0, result.stderr
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == set(COMMANDS)
+    listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("    ") and line.split()}
+    for command in COMMANDS:
+        help_line = next(a.help for a in subparsers._choices_actions if a.dest == command)
+        assert help_line and command in listed and help_line.split()[0] in listed[command], command
+    for command in COMMANDS:  # in-process: one subprocess per command would cost ~1 s of imports each
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()) as out:
+            main([command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert out.getvalue().startswith(f"usage: overparam-zoo {command}"), command
