@@ -1,6 +1,7 @@
 """Export: standard checkpoints that plain timm/torchvision load, from live models and train.py files."""
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -202,16 +203,30 @@ def test_export_hook_adds_outputs_and_callback(tmp_path, register_plugin):
 
 
 def test_checkpoint_saver_hook_exports_on_save(tmp_path, checkpoint_saver_hook):
+    from safetensors.torch import load_file
     from timm.utils import CheckpointSaver, ModelEmaV3
+
+    from overparam import collapse
 
     model = trained("resnet18_op_d2", num_classes=3)
     ema = ModelEmaV3(model)
+    with torch.no_grad():  # the live model moves on, so the EMA's weights differ from it
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
     saver = CheckpointSaver(
         model, torch.optim.SGD(model.parameters(), lr=0.1), model_ema=ema, checkpoint_dir=str(tmp_path), max_history=1
     )
     saver.save_checkpoint(0, metric=1.0)
-    assert (tmp_path / "collapsed-last" / "model.safetensors").is_file()
-    assert (tmp_path / "collapsed-best" / "config.json").is_file()
+    expected = collapse(copy.deepcopy(ema.module).eval()).state_dict()
+    live = collapse(copy.deepcopy(model).eval()).state_dict()
+    for tag in ("last", "best"):
+        saved = load_file(tmp_path / f"collapsed-{tag}" / "model.safetensors")
+        assert saved.keys() == expected.keys()
+        for key, value in expected.items():  # the same collapse of the same tensors: bit for bit
+            assert torch.equal(saved[key], value), (tag, key)
+        assert not torch.equal(saved["conv1.weight"], live["conv1.weight"])  # not the live model's
+        config = json.loads((tmp_path / f"collapsed-{tag}" / "config.json").read_text())
+        assert config["architecture"] == "resnet18" and config["num_classes"] == 3
 
 
 def test_verify_cli(tmp_path, capsys):
@@ -223,12 +238,23 @@ def test_verify_cli(tmp_path, capsys):
     assert main(["verify", "nope_op_d2"]) == 1
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX paths")
-def test_export_with_no_bn_after_bias_free_conv_fails_naming_the_layer(tmp_path):
-    from torch import nn
+def test_export_with_no_bn_after_bias_free_conv_fails_naming_the_layer(tmp_path, isolated_registries, capsys):
+    from overparam_zoo import load_recipe, register_recipe
 
-    from overparam import OverparamConv2d, collapse
-
-    model = nn.Sequential(OverparamConv2d(3, 4, bias=False, batch_norm=True), nn.ReLU())
-    with pytest.raises(ValueError, match=r"layer '0' gains a bias.*goes to 1, not to exactly one BatchNorm"):
-        collapse(model)
+    # resnetv2 is pre-activation: the bias-free stem conv feeds a max-pool, not a BatchNorm
+    recipe = tmp_path / "bn.yaml"
+    recipe.write_text(
+        "zoo: timm\nbases: [resnetv2_18]\nvariants: [{depth: 2, tag: bnx, batch_norm: true}]\n"
+        "layers: [{match: '*', types: [Conv2d, Linear]}]\n"
+    )
+    assert register_recipe(load_recipe(recipe)) == ["resnetv2_18_op_d2_bnx"]
+    torch.save(timm.create_model("resnetv2_18_op_d2_bnx", num_classes=3).state_dict(), tmp_path / "w.pth")
+    argv = ["export", str(tmp_path / "w.pth"), "--out", str(tmp_path / "out"), "--model", "resnetv2_18_op_d2_bnx"]
+    assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after progress lines
+    assert len(errors) == 1 and errors[0].startswith(
+        "overparam-zoo export: error: cannot collapse resnetv2_18_op_d2_bnx: layer 'stem.conv' gains a bias from "
+        "the batch norm inside its chain, but the stock layer has none and its output goes to stem.pool"
+    )
+    assert errors[0].endswith("use batch_norm=False for this layer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bn.yaml", "w.pth"]  # nothing written, no temp folder
