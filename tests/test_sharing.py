@@ -136,18 +136,24 @@ def train_run(tmp_path):
     return run, ema
 
 
+HUB = "https://huggingface.co"
+
+
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face home and cache, the hub offline, no token anywhere."""
+    """An empty Hugging Face home and cache, the hub offline at its default endpoint (whatever
+    the shell exports), no token anywhere."""
     home = tmp_path / "hf"
     (home / "hub").mkdir(parents=True)
-    for name, value in (("HF_HOME", home), ("HF_HUB_CACHE", home / "hub"), ("HF_HUB_OFFLINE", "1")):
+    settings = (("HF_HOME", home), ("HF_HUB_CACHE", home / "hub"), ("HF_HUB_OFFLINE", "1"), ("HF_ENDPOINT", HUB))
+    for name, value in settings:
         monkeypatch.setenv(name, str(value))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     # huggingface_hub reads these at import; its functions look them up in `constants` at call time
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", HUB)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     assert huggingface_hub.get_token() is None
@@ -387,12 +393,12 @@ def test_push_fails_in_one_line_without_token_or_hub(train_run, tmp_path, offlin
     assert 'timm.create_model("hf-hub:someone/resnet18-pets", pretrained=True)' in (out / "README.md").read_text()
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with socket.socket() as s:  # a local port nobody listens on: the hub cannot be reached
-        s.bind(("127.0.0.1", 0))
+    with socket.socket() as s:  # a local port held but not listening: connections are refused
+        s.bind(("127.0.0.1", 0))  # held until the push is done, so nothing else can take the port
         endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    with pytest.raises(PublishError, match=rf"^cannot upload to {endpoint}/someone/resnet18-pets: \w+: .*refused"):
-        push_export(out, "someone/resnet18-pets", revision="v1", log=lambda _line: None)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        with pytest.raises(PublishError, match=rf"^cannot upload to {endpoint}/someone/resnet18-pets: \w+: .*refused"):
+            push_export(out, "someone/resnet18-pets", revision="v1", log=lambda _line: None)
 
 
 def test_export_push_to_hub_checks_the_token_first(train_run, tmp_path, offline_hub, monkeypatch, capsys):
