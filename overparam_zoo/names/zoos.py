@@ -27,7 +27,7 @@ __all__ = ["Zoo", "TimmZoo", "TorchvisionZoo", "ZOOS", "get_zoo"]
 Builder = Callable[..., nn.Module]
 
 #: build arguments a timm ``config.json`` keeps at its top level only, never in ``model_args``
-_LOADER_ARGS = ("num_classes",)
+_LOADER_ARGS = ()
 
 
 class Zoo(ABC):
@@ -36,6 +36,9 @@ class Zoo(ABC):
     name: str
     #: the Hugging Face ``library_name`` of the zoo's checkpoints, if the hub knows it
     library_name: str | None = None
+    #: the build argument that sets a model's input channels (``None``: the zoo's models take
+    #: the channels they were designed for, e.g. torchvision's RGB; see :meth:`input_size`)
+    channels_arg: str | None = None
 
     @abstractmethod
     def is_model(self, name: str) -> bool:
@@ -87,6 +90,7 @@ class TimmZoo(Zoo):
 
     name = "timm"
     library_name = "timm"
+    channels_arg = "in_chans"
 
     def is_model(self, name: str) -> bool:
         import timm
