@@ -27,7 +27,7 @@ __all__ = ["Zoo", "TimmZoo", "TorchvisionZoo", "ZOOS", "get_zoo"]
 Builder = Callable[..., nn.Module]
 
 #: build arguments a timm ``config.json`` keeps at its top level only, never in ``model_args``
-_LOADER_ARGS = ()
+_LOADER_ARGS = ("num_classes",)
 
 
 class Zoo(ABC):
