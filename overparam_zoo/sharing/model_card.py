@@ -146,7 +146,69 @@ def _details(
 
 
 def _usage(config: Mapping[str, Any], variant: Variant) -> str:
-    return get_zoo(variant.zoo).card_usage(variant.base, config.get("num_classes"), REPO_PLACEHOLDER)
+    usage = get_zoo(variant.zoo).card_usage(variant.base, config.get("num_classes"), REPO_PLACEHOLDER)
+    return usage + _transformers_usage(config)
+
+
+_IMAGENET_CLASS_COUNTS = (1000, 11221, 11821, 21841, 21842, 21843)
+"""Class counts for which transformers, given no label names, falls back to ImageNet's (timm's table)."""
+
+
+def _transformers_usage(config: Mapping[str, Any]) -> str:
+    """Loading with Hugging Face transformers, whose timm wrapper takes any ``config.json`` with a
+    ``pretrained_cfg`` (``AutoImageProcessor`` reads the preprocessing from it)."""
+    cfg = config.get("pretrained_cfg")
+    if not isinstance(cfg, Mapping):
+        return ""
+    channels = int((cfg.get("input_size") or (3,))[0])
+    repo = REPO_PLACEHOLDER
+    imports = "from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline\n\n"
+    if channels == 1:
+        head = "import numpy\nimport torch\nfrom PIL import Image\n" + imports
+        head += 'image = Image.open("image.png").convert("L")  # this model takes 1-channel (grayscale) images\n'
+        pipe_input = "numpy.asarray(image)[:, :, None]"
+        pipe_note = "  # an H x W x 1 array: the pipeline turns PIL images and paths into RGB"
+    else:
+        head = "import torch\nfrom PIL import Image\n" + imports + 'image = Image.open("image.png").convert("RGB")\n'
+        pipe_input, pipe_note = "image", "  # or a path or URL"
+    code = (
+        f"```python\n{head}"
+        f'classifier = pipeline("image-classification", model="{repo}")\n'
+        f"print(classifier({pipe_input}, top_k=3)){pipe_note}\n\n"
+        f'processor = AutoImageProcessor.from_pretrained("{repo}")  # the preprocessing of config.json\n'
+        f'model = AutoModelForImageClassification.from_pretrained("{repo}").eval()\n'
+        "with torch.no_grad():\n"
+        "    logits = model(**processor(image)).logits\n"
+        "print(model.config.id2label[int(logits.argmax(-1))])\n```\n\n"
+    )
+    notes = [
+        "transformers (5.x, with timm installed) loads the folder through its timm wrapper and predicts what "
+        "timm does; for a local copy, pass the folder's path instead of the repo id."
+    ]
+    if channels == 1:
+        notes.append(
+            "The model takes 1-channel images. `AutoImageProcessor` keeps a grayscale (`L`) PIL image as it is, "
+            "but the pipeline converts every PIL image, path or URL to RGB, which this model refuses (3 channels "
+            "for 1), so give the pipeline the grayscale pixels as an H x W x 1 `uint8` array, as above; with timm "
+            'too, convert images with `.convert("L")` first.'
+        )
+    elif channels != 3:
+        notes.append(
+            f"The model takes {channels}-channel inputs; transformers' pipeline converts images to RGB, so prepare "
+            "the input tensor yourself and call the model directly."
+        )
+    if not config.get("label_names"):
+        count = config.get("num_classes")
+        guess = (
+            f" (for {count} classes it falls back to ImageNet's names, which may not be these classes)"
+            if count in _IMAGENET_CLASS_COUNTS
+            else ""
+        )
+        notes.append(
+            f"No label names were recorded, so transformers calls the classes `LABEL_0`, `LABEL_1`, ...{guess}; "
+            "export with `--label-names FILE` to name them."
+        )
+    return "\n### With Hugging Face transformers\n\n" + code + " ".join(notes) + "\n"
 
 
 def _provenance(config: Mapping[str, Any], variant: Variant, metadata: ExportMetadata | None) -> str:

@@ -38,8 +38,12 @@ PUSH_STEPS = 2
 """How many times :func:`push_export` calls its ``progress`` callback: validating, then uploading
 (not in a dry run)."""
 
-# the load line of the model card; its repo id is set to where the folder is pushed
-_HUB_LOAD = re.compile(r'(timm\.create_model\("hf-hub:)[^"]*(", pretrained=True\))')
+# the load lines of the model card (timm, transformers); their repo id is set to where the folder is pushed
+_HUB_LOAD = re.compile(
+    r'(timm\.create_model\("hf-hub:)[^"]*(", pretrained=True\))'
+    r'|(\.from_pretrained\(")[^"]*("\))'
+    r'|(pipeline\("image-classification", model=")[^"]*("\))'
+)
 
 
 @dataclass(frozen=True)
@@ -183,10 +187,10 @@ def validate_export(folder: str | Path) -> list[Path]:
 
 
 def _set_card_repo(folder: Path, repo_id: str) -> bool:
-    """Point the card's ``hf-hub:`` load line at ``repo_id`` (atomic rewrite); ``True`` if it changed."""
+    """Point the card's hub load lines at ``repo_id`` (atomic rewrite); ``True`` if it changed."""
     card = folder / CARD_NAME
     text = card.read_text(encoding="utf-8")
-    updated = _HUB_LOAD.sub(lambda m: f"{m.group(1)}{repo_id}{m.group(2)}", text)
+    updated = _HUB_LOAD.sub(lambda m: repo_id.join(g for g in m.groups() if g is not None), text)
     if updated == text:
         return False
     atomic_write(card, lambda tmp: Path(tmp).write_text(updated, encoding="utf-8"))
@@ -247,7 +251,7 @@ def push_export(
     if not dry_run:
         token = hub_token(token)
         if _set_card_repo(folder, repo_id):
-            log(f"{CARD_NAME}: its hf-hub: load line now names {repo_id}")
+            log(f"{CARD_NAME}: its load lines now name {repo_id}")
     endpoint = constants.ENDPOINT
     where = f"{endpoint}/{repo_id}" + (f" (revision {revision})" if revision else "")
     log(f"{'would upload' if dry_run else 'uploading'} {len(files)} files from {folder} to {where}:")
