@@ -1,0 +1,308 @@
+"""User-facing error paths, each triggered for real: the one-line message names what was wrong
+and what was expected, the CLI exits 1 with ``overparam-zoo <command>: error: ...`` on stderr,
+and nothing is written.
+
+Black-box on purpose (through the CLI or public functions): the wings under these errors are
+being reworked, and these tests should survive that. Models are tiny (timm's ``test_resnet``,
+torchvision's ``shufflenet_v2_x0_5``). ``tests/error_sites.toml`` maps each raise site to its test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from overparam_zoo import create_model
+from overparam_zoo.cli import main
+from overparam_zoo.errors import CompareError, DataError, OutputError
+from overparam_zoo.files import atomic_write
+
+from .helpers import randomize_, relative_error
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def files_under(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and mtime: "nothing written" compares two of these."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run a command that must fail on its input: exit status 1 and exactly one error line."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]  # progress lines may come first
+    assert len(errors) == 1, err
+    prefix = f"overparam-zoo {argv[0]}: error: "
+    assert errors[0].startswith(prefix), errors[0]
+    return errors[0][len(prefix) :]
+
+
+def tiny_checkpoint(folder: Path, name: str = "test_resnet_op_d2") -> Path:
+    """A plain state dict of a tiny op model (3 classes) that names no architecture."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "weights.pth"
+    torch.save(timm.create_model(name, num_classes=3).state_dict(), path)
+    return path
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_unreadable_safetensors(tmp_path, capsys):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["verify", str(path), "--model", "test_resnet_op_d2"])
+    assert message.startswith(f"cannot read {path}: ")
+    assert files_under(tmp_path) == before
+
+
+def test_checkpoint_without_a_state_dict_of_tensors(tmp_path, capsys):
+    path = tmp_path / "notes.pth"
+    torch.save({"epoch": 3, "comment": "no weights here"}, path)
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["verify", str(path), "--model", "test_resnet_op_d2"])
+    assert message == f"{path} holds no state dict of tensors"
+    assert files_under(tmp_path) == before
+
+
+def test_bad_config_json_beside_a_checkpoint(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["verify", str(path)])  # no --model: the folder's config.json is read
+    assert message.startswith(f"cannot read {tmp_path / 'config.json'}: ")
+    assert files_under(tmp_path) == before
+
+
+def test_checkpoint_that_names_no_model(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path)
+    message = cli_error(capsys, ["verify", str(path)])
+    assert message.startswith(f"cannot tell which model {path} holds") and "--model" in message
+
+
+def test_model_flag_with_a_model_name(capsys):
+    message = cli_error(capsys, ["verify", "test_resnet_op_d2", "--model", "test_resnet_op_d2"])
+    assert message == "--model is for checkpoint files, but 'test_resnet_op_d2' is a model name, not a file"
+
+
+def test_a_model_that_cannot_be_built_for_the_weights(tmp_path, capsys):
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    first = "conv1.0.factors.0.weight"  # the first conv's first factor: in_chans is read from it
+    assert first in state
+    state[first] = state[first][:, :0]  # zero input channels: no conv can be built for that
+    torch.save(state, tmp_path / "w.pth")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["verify", str(tmp_path / "w.pth"), "--model", "test_resnet_op_d2"])
+    assert message.startswith("could not build 'test_resnet_op_d2': ")
+    assert files_under(tmp_path) == before
+
+
+def test_weights_that_do_not_fit_the_model(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path, "test_resnet_op_d4")
+    message = cli_error(capsys, ["verify", str(path), "--model", "test_resnet_op_d2"])
+    assert message.startswith(f"{path} does not fit test_resnet_op_d2: ")
+
+
+def test_checkpoint_file_that_does_not_exist(tmp_path, capsys):
+    message = cli_error(capsys, ["verify", str(tmp_path / "nope.pth"), "--model", "test_resnet_op_d2"])
+    assert message == f"no checkpoint file at {tmp_path / 'nope.pth'}"
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- verify
+def test_verify_failed_branch_exits_1_and_says_by_how_much(tmp_path, capsys):
+    model = timm.create_model("test_resnet_op_d2", num_classes=3)
+    for m in model.modules():
+        if hasattr(m, "factors"):
+            randomize_(m)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    argv = ["verify", str(tmp_path / "w.pth"), "--model", "test_resnet_op_d2", "--tolerance", "1e-300"]
+    assert main(argv) == 1  # float64 rounding is ~1e-16, so no collapse meets 1e-300
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "FAILED: above tolerance 1e-300" and "OK" not in lines
+    assert main(argv[:-1] + ["1e-9"]) == 0  # the same weights pass the default tolerance
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "OK"
+
+
+def test_verify_of_a_stock_model_names_what_is_missing(capsys):
+    message = cli_error(capsys, ["verify", "test_resnet"])
+    assert message.startswith("the model is not an op variant built by overparam_zoo")
+
+
+# --------------------------------------------------------------------------- files
+def test_atomic_write_into_a_file_instead_of_a_folder(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(OutputError, match=rf"^cannot write {tmp_path / 'taken' / 'out.json'}: \w"):
+        atomic_write(tmp_path / "taken" / "out.json", lambda p: Path(p).write_text("{}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_atomic_write_that_fails_midway_leaves_nothing(tmp_path):
+    def write(path):
+        Path(path).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputError, match=rf"^cannot write {tmp_path / 'out.json'}: OSError: .*No space left"):
+        atomic_write(tmp_path / "out.json", write)
+    assert not any(tmp_path.iterdir())  # no target, no temporary file
+
+
+def test_spectrum_json_into_a_file_instead_of_a_folder(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    before = files_under(tmp_path)
+    target = tmp_path / "taken" / "out.json"
+    message = cli_error(capsys, ["spectrum", "test_resnet", "--json", str(target)])
+    assert message.startswith(f"cannot write {target}: ")
+    assert files_under(tmp_path) == before
+
+
+def test_spectrum_plot_in_a_format_matplotlib_cannot_write(tmp_path, capsys):
+    target = tmp_path / "figure.nope"
+    message = cli_error(capsys, ["spectrum", "test_resnet", "--plot", str(target)])
+    assert message.startswith(f"cannot write {target}: ValueError: ") and "nope" in message
+    assert not any(tmp_path.iterdir())  # the temporary file is gone too
+
+
+# --------------------------------------------------------------------------- export
+def test_export_to_a_path_that_is_a_file(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path / "run")
+    (tmp_path / "out").write_text("not a folder")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["export", str(path), "--model", "test_resnet_op_d2", "--out", str(tmp_path / "out")])
+    assert message == f"{tmp_path / 'out'} exists and is not a folder"
+    assert files_under(tmp_path) == before
+
+
+def test_export_into_a_non_empty_folder(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path / "run")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["export", str(path), "--model", "test_resnet_op_d2", "--out", str(tmp_path / "out")])
+    assert message.startswith(f"{tmp_path / 'out'} exists and is not empty") and "--force" in message
+    assert files_under(tmp_path) == before
+
+
+def test_torchvision_checkpoint_exports_through_the_cli(tmp_path, capsys):
+    """TorchvisionZoo.shape_args: the class count comes from the checkpoint's last Linear."""
+    name = "shufflenet_v2_x0_5_op_d2"
+    assert name not in timm.list_models()  # only torchvision has it, so the CLI resolves to torchvision
+    model = torchvision.models.get_model(name, num_classes=3)
+    model.train()(X)  # moves BN statistics
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "w.pth"), "--model", name, "--out", str(out)]) == 0
+    capsys.readouterr()
+    stock = torchvision.models.shufflenet_v2_x0_5(num_classes=3)
+    stock.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "shufflenet_v2_x0_5" and config["num_classes"] == 3
+    with torch.no_grad():  # float32 through ~50 layers: u = 6e-8 times depth and fan-in, well under 1e-4
+        assert relative_error(stock.eval()(X), model(X)) < 1e-4
+
+
+# --------------------------------------------------------------------------- export on save
+def test_importing_export_on_save_installs_the_checkpoint_saver_hook():
+    from timm.utils import CheckpointSaver
+
+    original = CheckpointSaver.__dict__["save_checkpoint"]
+    saved_module = sys.modules.pop("overparam_zoo.export_on_save", None)
+    try:
+        module = importlib.import_module("overparam_zoo.export_on_save")
+        hooked = CheckpointSaver.__dict__["save_checkpoint"]
+        assert hooked is not original and hooked.__wrapped__ is original
+        assert getattr(hooked, "_overparam_zoo_export", False)
+        importlib.reload(module)  # idempotent: importing twice does not wrap twice
+        assert CheckpointSaver.__dict__["save_checkpoint"] is hooked
+    finally:
+        CheckpointSaver.save_checkpoint = original
+        sys.modules.pop("overparam_zoo.export_on_save", None)
+        if saved_module is not None:
+            sys.modules["overparam_zoo.export_on_save"] = saved_module
+
+
+# --------------------------------------------------------------------------- compare and datasets
+def test_compare_with_no_seeds(tmp_path, capsys):
+    message = cli_error(capsys, ["compare", "--models", "test_resnet", "--seeds", "0", "--out", str(tmp_path / "o")])
+    assert "seeds" in message and "0" in message and "at least 1" in message
+    assert not any(tmp_path.iterdir())
+
+
+def test_compare_with_no_models(tmp_path):
+    from overparam_zoo.experiments.compare import run_compare
+
+    with pytest.raises(CompareError, match="model.*expected at least one"):
+        run_compare([], seeds=1, out=tmp_path / "o")
+    assert not any(tmp_path.iterdir())
+
+
+def test_compare_with_a_batch_larger_than_the_data(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "validation": {"a": 1, "b": 1}})
+    before = files_under(tmp_path)
+    argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--data-dir", str(data), "--out", str(tmp_path / "o")]
+    message = cli_error(capsys, argv + ["-b", "64"])
+    assert re.search(r"batch.size\S* ?=?64", message) and "4 training images" in message, message
+    assert files_under(tmp_path) == before
+
+
+def _image_folder(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    """``root/<split>/<class>/<i>.png``: tiny real PNG images."""
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for cls, count in classes.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "layout,expected",
+    [
+        (None, "no such folder"),
+        ({"train": {"a": 2}}, "no validation folder"),
+        ({"train": {"a": 2, "b": 2}, "validation": {}}, "Found 0 images"),  # timm's reader says so
+        ({"train": {"a": 2, "b": 2}, "validation": {"a": 1, "c": 1}}, "class folders differ"),
+    ],
+    ids=["missing", "no-validation", "empty-split", "classes-differ"],
+)
+def test_compare_data_dir_that_cannot_be_used(tmp_path, capsys, layout, expected):
+    data = tmp_path / "data"
+    if layout is not None:
+        _image_folder(data, layout)
+        if not layout.get("validation", True):
+            (data / "validation").mkdir()
+    before = files_under(tmp_path)
+    argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--data-dir", str(data), "--out", str(tmp_path / "o")]
+    message = cli_error(capsys, argv + ["-b", "1"])
+    assert str(data) in message and expected in message, message
+    assert files_under(tmp_path) == before
+
+
+def test_unknown_bundled_dataset(tmp_path):
+    from overparam_zoo.experiments.datasets import load_bundled
+
+    with pytest.raises(DataError, match="nope.*expected one of digits, mnist5k"):
+        load_bundled("nope")
+
+
+# --------------------------------------------------------------------------- names, as the CLI sees them
+def test_unknown_model_through_the_cli(tmp_path, capsys):
+    message = cli_error(capsys, ["spectrum", "resnet19_nope"])
+    assert message.startswith("unknown model 'resnet19_nope'")
+
+
+def test_create_model_of_an_unknown_variant():
+    with pytest.raises(KeyError, match="unknown op variant 'test_resnet_op_d9'"):
+        create_model("test_resnet_op_d9")
