@@ -47,16 +47,21 @@ def _untrusted(path: Path, err: pickle.UnpicklingError) -> CheckpointError:
     what = f"a pickled Python object ({found.group(1)})" if found else "pickled data that is not plain tensors"
     return CheckpointError(
         f"{path} holds {what}, so it was not loaded and nothing in it was executed (unpickling can run any code); "
-        "if you trust the file, convert it yourself to plain tensors, e.g. in Python: "
-        f"`ckpt = torch.load({str(path)!r}, weights_only=False)` then "
-        '`safetensors.torch.save_file(ckpt["state_dict"], "model.safetensors")` '
-        "(ckpt itself for a plain state dict), and export model.safetensors"
+        "if you trust the file, convert it to plain tensors yourself, e.g. in Python: "
+        f"`import torch, safetensors.torch; ckpt = torch.load({str(path)!r}, weights_only=False); "
+        'safetensors.torch.save_file(ckpt["state_dict"], "model.safetensors")` '
+        "(ckpt itself for a plain state dict), then export model.safetensors"
     )
 
 
 def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict (EMA preferred, like timm's loaders; ``module.``/``_orig_mod.`` removed)
-    and the checkpoint's other top-level entries. Loads with ``weights_only=True``."""
+    and the checkpoint's other top-level entries. Loads with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, one holding pickled Python objects (refused
+            unexecuted, with how to convert a trusted file), or no state dict of tensors.
+    """
     from timm.models import load_state_dict
 
     path = Path(path)
