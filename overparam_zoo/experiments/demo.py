@@ -1,11 +1,18 @@
-"""The main job, end to end on real bundled data: train an op variant and its stock base on
-scikit-learn's handwritten digits, compare, export the op model collapsed, and check that
-plain timm in a fresh process reproduces its predictions."""
+"""The main job, end to end on real bundled data: a one-seed :func:`~overparam_zoo.experiments.compare.run_compare`
+of a timm op variant and its stock base on scikit-learn's handwritten digits, then the check a
+user of the export would make: plain timm, in a fresh process that cannot import overparam,
+loads the export the usual way (``local-dir:``), rebuilds the preprocessing from the export's
+own data config (``resolve_data_config`` + ``create_transform``) on the digits as PIL images,
+and must predict what the comparison's deployed model predicted.
+
+Everything but that check is compare's: the stratified split, timm's loaders, the recipe, the
+export (with the run's true preprocessing and the label names ``"0"``..``"9"``) and the table.
+"""
 
 from __future__ import annotations
 
 import json
-import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,184 +20,146 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["DemoResult", "load_digits_split", "run_demo"]
+from overparam_zoo.errors import CompareError
+from overparam_zoo.experiments.compare import SCHEMA, CompareResult, load_export, run_compare
+from overparam_zoo.experiments.datasets import load_bundled
+from overparam_zoo.experiments.training import TrainSettings, evaluate, make_loaders
+from overparam_zoo.names.registry import resolve
+
+__all__ = ["DemoResult", "run_demo"]
+
+#: what compare writes into its output folder; a rerun of the demo replaces exactly these
+_COMPARE_OUTPUTS = ("runs", "exports", "settings.json", "results.json")
 
 
 @dataclass
 class DemoResult:
-    rows: list[dict[str, str]]
+    """The comparison, where the op model's export is, and what plain timm made of it.
+
+    ``reported_top1`` is the deployed top-1 the comparison reported for the export;
+    ``fresh_top1`` is what plain timm in a fresh process scored with the export's own
+    preprocessing; ``predictions_match`` says it predicted every test digit as the op model did.
+    """
+
+    compare: CompareResult
     export_dir: Path
+    reported_top1: float
+    fresh_top1: float
     predictions_match: bool
     max_logit_difference: float
     seconds: float
 
 
-def load_digits_split(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 1,797 8x8 digits, scaled to [0, 1], standardised, resized to ``size``; 80/20 split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = (x - x.mean()) / x.std()
-    y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(y))
-    train, test = order[:cut], order[cut:]
-    return x[train], y[train], x[test], y[test]
-
-
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, label: str) -> None:
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from tqdm import tqdm
-
-    torch.manual_seed(seed)
-    batch = 64
-    steps = math.ceil(len(y) / batch)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=2e-3, weight_decay=0.05)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=1, step_on_epochs=False, updates_per_epoch=steps
-    )
-    model.train()
-    bar = tqdm(total=epochs * steps, desc=f"train {label}", leave=False, file=sys.stderr)
-    for epoch in range(epochs):
-        order = torch.randperm(len(y))
-        for i in range(steps):
-            idx = order[i * batch : (i + 1) * batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step_update(num_updates=epoch * steps + i + 1)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-    bar.close()
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.eval()(x)
-
-
-_RELOAD = """
-import sys, torch, timm
+_FRESH = """
+import sys
+class _NoOverparam:
+    def find_spec(self, name, *args):
+        if name.split(".")[0] in ("overparam", "overparam_zoo"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, _NoOverparam())
+import numpy as np, timm, torch
+from PIL import Image
 model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model), is_training=False)
+images = np.load(sys.argv[2])
 with torch.no_grad():
-    torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
+    torch.save(model(torch.stack([transform(Image.fromarray(a)) for a in images])), sys.argv[3])
 """
 
 
-def _reload_in_fresh_process(export_dir: Path, x: torch.Tensor, work: Path) -> torch.Tensor:
-    """Predictions of the export from plain timm, in an interpreter that never imports overparam."""
-    torch.save(x, work / "x.pt")
-    code = (
-        "import sys\nclass _NoOverparam:\n    def find_spec(self, name, *a):\n"
-        "        if name.startswith('overparam'):\n            raise ImportError(name)\n"
-        "sys.meta_path.insert(0, _NoOverparam())\n" + _RELOAD
-    )
-    subprocess.run(
-        [sys.executable, "-c", code, str(export_dir), str(work / "x.pt"), str(work / "y.pt")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return torch.load(work / "y.pt")
+def _fresh_process_logits(export_dir: Path, images: np.ndarray) -> torch.Tensor:
+    """Logits of the export on ``images`` (``uint8 [N, H, W]``, as PIL images), from plain timm
+    in an interpreter that never imports overparam, preprocessed as the export's config says."""
+    with tempfile.TemporaryDirectory() as work:
+        np.save(Path(work) / "images.npy", images)
+        done = subprocess.run(
+            [sys.executable, "-c", _FRESH, str(export_dir), str(Path(work) / "images.npy"), str(Path(work) / "y.pt")],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["(no output)"]
+            raise CompareError(f"plain timm could not load and run {export_dir} in a fresh process: {lines[-1]}")
+        return torch.load(Path(work) / "y.pt")
 
 
-def _is_previous_export(folder: Path) -> bool:
-    config = folder / "config.json"
+def _is_previous_demo(out: Path) -> bool:
     try:
-        return "overparam_zoo" in json.loads(config.read_text())
+        results = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
         return False
+    return results.get("schema") == SCHEMA and results.get("data", {}).get("name") == "digits"
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    """Clear compare's outputs of a previous demo (or any, with ``force``) before training, so
+    the demo always trains; anything else in ``out`` is left alone."""
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"out={out}: exists and is not a folder; expected a folder for the demo's outputs")
+    ours = [out / name for name in _COMPARE_OUTPUTS if (out / name).exists()]
+    if ours and not (force or _is_previous_demo(out)):
+        raise CompareError(
+            f"out={out}: holds {', '.join(p.name for p in ours)}, not from a previous demo; expected a new or empty "
+            "folder, or force=True to replace them"
+        )
+    for path in ours:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def run_demo(
-    model_name: str = "resnet18_op_d2",
+    model: str = "resnet18_op_d2",
     *,
     epochs: int = 8,
     out: str | Path = "overparam-demo",
     seed: int = 0,
-    size: int = 32,
+    input_size: int = 32,
+    threads: int | None = None,
     force: bool = False,
 ) -> DemoResult:
-    """Train ``model_name`` and its base the same way, export, reload and compare.
+    """Compare the timm op variant ``model`` with its base on the digits (seed ``seed``), then
+    reload the op model's export with plain timm in a fresh process.
 
     Args:
-        model_name: a timm op variant.
+        model: a timm op variant (``overparam-zoo list``).
         epochs: training epochs for each model.
-        out: folder for the export (``<out>/<model_name>``).
-        seed: seed for the split, the initialisation and the batches.
-        size: input size the 8x8 digits are resized to.
-        force: replace an existing folder (a previous export of the demo is always replaced).
+        out: compare's output folder (the export is ``out/exports/<model>/seed<seed>``).
+        seed: the seed of both runs (initialisation and batch order).
+        input_size: the square the 8x8 digits are resized to.
+        threads: torch intra-op threads (default: the current number).
+        force: replace compare outputs in ``out`` that are not a previous demo's.
+
+    Raises:
+        UnknownModelError: for a name that is not a timm model.
+        CompareError: for a stock model, an occupied ``out``, or a failed reload.
     """
-    import timm
-
-    from overparam_zoo.names.registry import build_base, get_variant
-    from overparam_zoo.sharing.export import check_out_dir, export_collapsed
-
     start = time.perf_counter()
-    variant = get_variant(model_name, "timm")
-    export_dir = Path(out) / model_name
-    force = force or _is_previous_export(export_dir)  # rerunning the demo replaces its own export
-    check_out_dir(export_dir, force)  # before training, not after
-    x_train, y_train, x_test, y_test = load_digits_split(seed, size)
-    models = {}
-    for label, name in (("stock", variant.base), ("op", model_name)):
-        torch.manual_seed(seed)
-        models[label] = timm.create_model(name, in_chans=1, num_classes=10)
-        train_params = sum(p.numel() for p in models[label].parameters())
-        _train(models[label], x_train, y_train, epochs, seed, label)
-        models[label].train_params = train_params
-    export_collapsed(models["op"], export_dir, force=force)
-    op_logits = _logits(models["op"], x_test)
-    with tempfile.TemporaryDirectory() as work:
-        reloaded = _reload_in_fresh_process(export_dir, x_test, Path(work))
-    exported_params = sum(p.numel() for p in build_base(variant, in_chans=1, num_classes=10).parameters())
-    rows = []
-    for label, name in (("stock", variant.base), ("op", model_name)):
-        accuracy = (_logits(models[label], x_test).argmax(1) == y_test).float().mean().item()
-        rows.append(
-            {
-                "model": name,
-                "test accuracy": f"{accuracy:.2%}",
-                "params training": f"{models[label].train_params:,}",
-                "params deployed": f"{exported_params:,}",
-            }
-        )
-    accuracy = (reloaded.argmax(1) == y_test).float().mean().item()
-    rows.append(
-        {
-            "model": f"{variant.base} from export",
-            "test accuracy": f"{accuracy:.2%}",
-            "params training": "-",
-            "params deployed": f"{exported_params:,}",
-        }
+    found = resolve(model, "timm")
+    if found.variant is None:
+        raise CompareError(f"model={model}: a stock timm model; expected an op variant such as {model}_op_d2")
+    out = Path(out)
+    settings = TrainSettings(
+        epochs=epochs, input_size=input_size, threads=threads if threads is not None else torch.get_num_threads()
     )
-    difference = float((reloaded - op_logits).abs().max())
+    _prepare_out(out, force)
+    result = run_compare(
+        [model], seeds=[seed], dataset="digits", settings=settings, out=out, keep_exports=True, figure=False
+    )
+    op = next(r for r in result.runs if r["model"] == model)
+    export_dir = Path(op["deployed"]["export_dir"])
+    data = load_bundled("digits")
+    reference = evaluate(load_export(export_dir, "timm"), make_loaders(data, settings)[1], settings.device)
+    fresh = _fresh_process_logits(export_dir, data.test.images)
+    predicted = fresh.argmax(1)
+    same = op["deployed"]["predictions_equal"] and bool((predicted == reference.logits.argmax(1)).all())
     return DemoResult(
-        rows,
-        export_dir,
-        bool((reloaded.argmax(1) == op_logits.argmax(1)).all()),
-        difference,
-        time.perf_counter() - start,
+        compare=result,
+        export_dir=export_dir,
+        reported_top1=op["deployed"]["top1"],
+        fresh_top1=float((predicted == torch.as_tensor(data.test.targets)).double().mean()),
+        predictions_match=same,
+        max_logit_difference=float((fresh - reference.logits).abs().max()),
+        seconds=time.perf_counter() - start,
     )
-
-
-def format_table(rows: list[dict[str, str]]) -> str:
-    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
-    lines = [
-        "| " + " | ".join(k.ljust(w) for k, w in widths.items()) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths.values()) + "|",
-    ]
-    lines += ["| " + " | ".join(r[k].ljust(w) for k, w in widths.items()) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(run_demo().rows, indent=2))

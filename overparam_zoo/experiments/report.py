@@ -44,11 +44,11 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
 
 def welch_verdict(model: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
     """The call for ``model`` against ``base`` (per-seed top-1 in [0, 1]), by :data:`VERDICT_RULE`."""
-    from scipy.stats import ttest_ind
-
     difference = (sum(model) / len(model) - sum(base) / len(base)) if model and base else None
     if len(model) < 2 or len(base) < 2:
         return {"difference": difference, "p_value": None, "call": "n/a (fewer than 2 seeds)"}
+    from scipy.stats import ttest_ind  # only here: a one-seed comparison (the demo) needs no scipy
+
     with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value stays usable
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(ttest_ind(model, base, equal_var=False).pvalue)
@@ -66,6 +66,7 @@ def summarize_model(runs: Sequence[dict[str, Any]], base_runs: Sequence[dict[str
     summary: dict[str, Any] = {
         "model": first["model"],
         "base": first["base"],
+        "zoo": first.get("zoo", "timm"),  # runs written before torchvision models could be compared
         "depth": first["depth"],
         "tag": first["tag"],
         "seeds": [r["seed"] for r in runs],

@@ -4,23 +4,44 @@ A comparison is only fair when the base and its op variants see the same loaders
 schedule, loss and batch order. This module is that recipe: timm's ``create_loader`` (and so
 ``create_transform``), ``create_optimizer_v2``, ``create_scheduler_v2`` stepped per update,
 ``ModelEmaV3`` when asked, and ``torch.autocast`` in bfloat16 for AMP (no loss scaling needed).
-Evaluation runs in float32 and also returns the penultimate features (timm's
-``forward_head(..., pre_logits=True)``) for the effective-rank measurement.
+The loaders' preprocessing is one explicit data config (:func:`data_config`), which is also what
+an export of the run records, so a consumer who rebuilds timm's transform from the export feeds
+it exactly the pixels it was tested on. Evaluation runs in float32 and also returns the
+penultimate features (the input of the classifier, for timm and torchvision models alike) for
+the effective-rank measurement.
 """
 
 from __future__ import annotations
 
-import sys
+import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from overparam import OverparamChain, OverparamLinear
+from overparam_zoo.errors import AnalysisError
 from overparam_zoo.experiments.datasets import ImageData
+from overparam_zoo.progress import Progress
 
-__all__ = ["TrainSettings", "Trained", "Evaluation", "make_loaders", "train_model", "evaluate"]
+__all__ = [
+    "TrainSettings",
+    "Trained",
+    "Evaluation",
+    "data_config",
+    "make_loaders",
+    "train_model",
+    "check_classifier",
+    "evaluate",
+]
+
+#: seconds between two progress lines of a training loop in a log (a bar on a terminal is live)
+PROGRESS_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -71,28 +92,41 @@ class Evaluation:
     targets: torch.Tensor
 
 
+def data_config(data: ImageData, settings: TrainSettings) -> dict[str, Any]:
+    """The preprocessing of every loader of a run, in timm's data-config keys (``input_size``,
+    ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``): what the test images go
+    through, and what an export of the run states."""
+    return {
+        "input_size": (data.in_chans, settings.input_size, settings.input_size),
+        "interpolation": "bilinear",
+        "mean": tuple(data.mean),
+        "std": tuple(data.std),
+        "crop_pct": data.crop_pct,
+        "crop_mode": "center",
+    }
+
+
 def make_loaders(
     data: ImageData, settings: TrainSettings
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
-    """timm loaders for the train (shuffled, drop_last) and test splits, in the main process.
+    """timm loaders for the train (shuffled, drop_last) and test splits, in the main process,
+    preprocessing by :func:`data_config`.
 
+    timm's ``create_loader`` sets the dataset's ``transform``; it is given shallow copies, so
+    loaders made for other settings (or channels) from the same ``data`` do not change these.
     ``num_workers=0``: the images are small and worker processes would compete with the
     training threads that ``settings.threads`` pins.
     """
     from timm.data import create_loader
 
     common = dict(
-        input_size=(data.in_chans, settings.input_size, settings.input_size),
-        interpolation="bilinear",
-        mean=data.mean,
-        std=data.std,
-        crop_pct=data.crop_pct,
+        **data_config(data, settings),
         num_workers=0,
         use_prefetcher=False,
         device=torch.device(settings.device),
     )
     train = create_loader(
-        data.train,
+        copy.copy(data.train),
         batch_size=settings.batch_size,
         is_training=True,
         no_aug=not settings.augment,
@@ -100,7 +134,7 @@ def make_loaders(
         hflip=settings.hflip,
         **common,
     )
-    test = create_loader(data.test, batch_size=max(settings.batch_size, 256), is_training=False, **common)
+    test = create_loader(copy.copy(data.test), batch_size=max(settings.batch_size, 256), is_training=False, **common)
     return train, test
 
 
@@ -115,7 +149,6 @@ def train_model(
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
-    from tqdm import tqdm
 
     device = torch.device(settings.device)
     model.to(device).train()
@@ -131,12 +164,12 @@ def train_model(
     )
     ema = ModelEmaV3(model, decay=settings.model_ema_decay) if settings.model_ema else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.smoothing)
-    bar = tqdm(total=settings.epochs * steps, desc=f"train {label}", leave=False, file=sys.stderr, mininterval=1.0)
+    progress = Progress(f"train {label}".strip(), settings.epochs * steps, min_interval=PROGRESS_INTERVAL)
     start = time.perf_counter()
     updates = 0
     for epoch in range(settings.epochs):
         epoch_loss = torch.zeros(())
-        for x, y in loader:
+        for batch, (x, y) in enumerate(loader, 1):
             x, y = x.to(device), y.to(device)
             with _autocast(settings):
                 loss = loss_fn(model(x), y)
@@ -148,24 +181,71 @@ def train_model(
             scheduler.step_update(num_updates=updates)
             if ema is not None:
                 ema.update(model, step=updates)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+            done = f"epoch {epoch + 1}/{settings.epochs} loss {float(epoch_loss) / steps:.3f}" if batch == steps else ""
+            progress.update(1, done)  # a line at the end of every epoch, else every few seconds at most
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    bar.close()
+    progress.close()
     return Trained(ema.module if ema is not None else model, seconds, float(epoch_loss) / steps)
+
+
+def _linear_layers(model: nn.Module) -> list[nn.Module]:
+    """``nn.Linear`` layers and linear chains (one each: not their factors)."""
+    chains = [path for path, m in model.named_modules() if isinstance(m, OverparamChain)]
+    return [
+        m
+        for path, m in model.named_modules()
+        if isinstance(m, (nn.Linear, OverparamLinear)) and not any(path.startswith(f"{c}.") for c in chains)
+    ]
+
+
+def check_classifier(model: nn.Module) -> None:
+    """Refuse a model whose penultimate features :func:`evaluate` cannot find (before training it).
+
+    Raises:
+        AnalysisError: for a model without a Linear layer (e.g. a 1x1-conv classifier).
+    """
+    if not _linear_layers(model):
+        raise AnalysisError(
+            f"model: a {type(model).__name__} has no Linear layer; expected a linear classifier, whose input "
+            "is the penultimate features the comparison measures"
+        )
+
+
+@contextmanager
+def _classifier_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The input of the last linear layer each forward pass calls (the classifier): the
+    penultimate features, the same for a stock model and its op variant."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append(args[0])
+
+    hooks = [m.register_forward_pre_hook(keep) for m in _linear_layers(model)]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: str) -> Evaluation:
-    """Top-1, mean cross-entropy, logits and penultimate features of a timm model, in float32."""
+    """Top-1, mean cross-entropy, logits and penultimate features (the classifier's input) of a
+    timm or torchvision model, in float32.
+
+    Raises:
+        AnalysisError: for a model without a Linear layer (:func:`check_classifier`).
+    """
+    check_classifier(model)
     model.to(device).eval()
     logits, features, targets = [], [], []
     for x, y in loader:
-        pooled = model.forward_features(x.to(device))
-        features.append(model.forward_head(pooled, pre_logits=True).float().cpu())
-        logits.append(model.forward_head(pooled).float().cpu())
+        with _classifier_inputs(model) as inputs:
+            out = model(x.to(device))
+        features.append(inputs[-1].flatten(1).float().cpu())
+        logits.append(out.float().cpu())
         targets.append(y.cpu())
     out, feats, target = torch.cat(logits), torch.cat(features), torch.cat(targets)
     return Evaluation(
