@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overparam_zoo.cli.flags import flag_errors
     from overparam_zoo.errors import QuantizeError
     from overparam_zoo.experiments.datasets import load_bundled, load_image_folder
     from overparam_zoo.extras import require
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     require("torchao.quantization.pt2e.quantize_pt2e", "quantize", "overparam-zoo quantize")
     from overparam_zoo.sharing.quantize import quantize_export
 
-    data = load_image_folder(args.data_dir) if args.data_dir else load_bundled(args.dataset)
+    with flag_errors({"data_dir": "--data-dir", "dataset": "--dataset"}):
+        data = load_image_folder(args.data_dir) if args.data_dir else load_bundled(args.dataset)
     result = quantize_export(
         args.export_dir,
         data.train,
