@@ -4,7 +4,7 @@ Reparameterized models are known to lose accuracy under post-training quantizati
 artifact is only worth shipping with its measured cost. The flow is the current PyTorch one
 (``torch.ao.quantization`` is deprecated): ``torch.export`` with a dynamic batch dimension,
 ``prepare_pt2e`` with torchao's ``X86InductorQuantizer`` (its default static config: per-channel
-symmetric INT8 weights, per-tensor affine INT8 activations), calibration on training images,
+symmetric int8 weights, per-tensor affine uint8 activations from a histogram observer), calibration on training images,
 ``convert_pt2e``, then ``torch.export`` again so the result is a self-contained program:
 
 - :func:`quantize_model`: any float model (a stock model, or an op model, which is collapsed
@@ -15,11 +15,14 @@ symmetric INT8 weights, per-tensor affine INT8 activations), calibration on trai
   records the accuracy in ``config.json`` (under ``overparam_zoo``) and in the model card.
 
 The ``.pt2`` file loads with torch and torchao alone (``import torchao`` registers the
-quantized ops the program calls)::
+quantized ops the program calls; the x86 quantizer's module also registers inductor's INT8
+passes, which run on frozen graphs only)::
 
-    import torch, torchao
-    model = torch.export.load("model_int8.pt2").module()  # any batch size
-    model = torch.compile(model)  # inductor turns the quantize/dequantize pattern into INT8 kernels
+    import torch
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+    model = torch.export.load("model_int8.pt2").module()  # any batch size; runs as is, in float emulation
+    torch._inductor.config.freezing = True
+    model = torch.compile(model)  # inductor runs INT8 convolution and linear kernels
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ _WEIGHTS_NAME = "model.safetensors"
 _CARD_NAME = "README.md"
 _CARD_START, _CARD_END = "<!-- overparam-zoo:int8 -->", "<!-- /overparam-zoo:int8 -->"
 _QUANTIZER = (
-    "torchao X86InductorQuantizer, default static config: per-channel INT8 weights, per-tensor INT8 activations"
+    "torchao X86InductorQuantizer, default static config: per-channel symmetric int8 weights, "
+    "per-tensor affine uint8 activations"
 )
 
 
@@ -121,8 +125,9 @@ def _quantizer() -> Any:
 
 
 def _float_model(model: nn.Module) -> nn.Module:
-    """An eval-mode copy; an op model's chains collapsed into the stock layers it deploys as."""
-    model = copy.deepcopy(model).float().eval()
+    """An eval-mode float32 copy on the CPU (the x86 quantizer's target); an op model's chains
+    collapsed into the stock layers it deploys as."""
+    model = copy.deepcopy(model).cpu().float().eval()
     if any(isinstance(m, OverparamChain) for m in model.modules()):
         try:
             model = collapse(model).eval()
@@ -186,14 +191,14 @@ def quantize_model(
     for images, targets in calibration:
         _check_batch(images, targets, "calibration", num_classes)
         if prepared is None:
-            example = images[:1].repeat(2, 1, 1, 1)  # two images: a batch of one would be specialised
+            example = images[:1].cpu().float().repeat(2, 1, 1, 1)  # two images: a batch of one would be specialised
             program = _export(float_model, example, type(float_model).__name__)
             try:
                 prepared = pt2e.prepare_pt2e(program.module(), _quantizer())
             except Exception as err:
                 raise QuantizeError(f"torchao cannot prepare {type(float_model).__name__}: {first_line(err)}") from err
         try:
-            prepared(images.float())
+            prepared(images.cpu().float())
         except RuntimeError as err:
             raise QuantizeError(f"calibration: the model does not take these images: {first_line(err)}") from err
         seen += len(images)
@@ -217,7 +222,8 @@ def _measure(
     for images, targets in evaluation:
         _check_batch(images, targets, "evaluation", num_classes)
         try:
-            pred32, pred8 = float_model(images.float()).argmax(1), int8_model(images.float()).argmax(1)
+            images, targets = images.cpu().float(), targets.cpu()
+            pred32, pred8 = float_model(images).argmax(1), int8_model(images).argmax(1)
         except RuntimeError as err:
             raise QuantizeError(f"evaluation: the model does not take these images: {first_line(err)}") from err
         right32 += int((pred32 == targets).sum())
@@ -389,10 +395,11 @@ def _card_section(acc: dict[str, Any]) -> str:
             "",
             "```python",
             "import torch",
-            "import torchao  # registers the quantized ops the program calls",
+            "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # the quantized ops, inductor's INT8 passes",
             "",
-            f'model = torch.export.load("{acc["file"]}").module()  # any batch size',
-            "model = torch.compile(model)  # inductor runs it with INT8 kernels on x86 CPUs",
+            f'model = torch.export.load("{acc["file"]}").module()  # any batch size; runs as is, in float emulation',
+            "torch._inductor.config.freezing = True  # inductor's INT8 passes run on frozen graphs only",
+            "model = torch.compile(model)  # INT8 convolution and linear kernels on x86 CPUs",
             "```",
             _CARD_END,
         ]
