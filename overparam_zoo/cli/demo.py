@@ -14,10 +14,11 @@ __all__ = ["register", "run", "FLAGS"]
 FLAGS: dict[str, str] = {
     "model": "--model",
     "out": "--out",
-    "seeds": "--seed",
-    "settings.epochs": "--epochs",
-    "settings.input_size": "--input-size",
-    "settings.threads": "--threads",
+    "epochs": "--epochs",
+    "seed": "--seed",
+    "input_size": "--input-size",
+    "threads": "--threads",
+    "force": "--force",
 }
 
 

@@ -11,12 +11,19 @@ from overparam_zoo.errors import OverparamZooError
 
 __all__ = ["flag_errors", "flag_message"]
 
-_PARAMETER = re.compile(r"(?<![\w.\-])([a-z_]+(?:\.[a-z_]+)?)=")
+_PARAMETER = re.compile(r"(?<![\w.\-])([a-z_]+(?:\.[a-z_]+)?)=(True\b)?")
 
 
 def flag_message(message: str, flags: Mapping[str, str]) -> str:
-    """``message`` with each ``parameter=`` in ``flags`` written as ``--flag `` (``seeds=0`` -> ``--seeds 0``)."""
-    return _PARAMETER.sub(lambda m: f"{flags[m[1]]} " if m[1] in flags else m[0], message)
+    """``message`` with each ``parameter=`` in ``flags`` written as ``--flag `` (``seeds=0`` ->
+    ``--seeds 0``; a switch, ``force=True``, as ``--force``)."""
+
+    def flag(m: re.Match[str]) -> str:
+        if m[1] not in flags:
+            return m[0]
+        return flags[m[1]] if m[2] else f"{flags[m[1]]} "
+
+    return _PARAMETER.sub(flag, message)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from overparam_zoo.errors import CompareError
 from overparam_zoo.experiments.compare import SCHEMA, CompareResult, load_export, run_compare
 from overparam_zoo.experiments.datasets import load_bundled
 from overparam_zoo.experiments.training import TrainSettings, evaluate, make_loaders
+from overparam_zoo.extras import require
 from overparam_zoo.names.registry import resolve
 
 __all__ = ["DemoResult", "run_demo"]
@@ -133,16 +134,26 @@ def run_demo(
 
     Raises:
         UnknownModelError: for a name that is not a timm model.
-        CompareError: for a stock model, an occupied ``out``, or a failed reload.
+        MissingExtraError: without scikit-learn (``pip install 'overparam-zoo[demo]'``).
+        CompareError: for a stock model, a bad ``epochs``, ``input_size`` or ``seed``, an occupied
+            ``out``, or a failed reload.
     """
     start = time.perf_counter()
+    require("sklearn.datasets", "demo", "the demo")  # before anything is cleared or trained
     found = resolve(model, "timm")
     if found.variant is None:
         raise CompareError(f"model={model}: a stock timm model; expected an op variant such as {model}_op_d2")
+    threads = threads if threads is not None else torch.get_num_threads()
+    for name, value, least in (
+        ("epochs", epochs, 1),
+        ("input_size", input_size, 1),
+        ("seed", seed, 0),
+        ("threads", threads, 1),
+    ):
+        if value < least:  # before the previous demo's outputs are cleared
+            raise CompareError(f"{name}={value}: expected at least {least}")
     out = Path(out)
-    settings = TrainSettings(
-        epochs=epochs, input_size=input_size, threads=threads if threads is not None else torch.get_num_threads()
-    )
+    settings = TrainSettings(epochs=epochs, input_size=input_size, threads=threads)
     _prepare_out(out, force)
     result = run_compare(
         [model], seeds=[seed], dataset="digits", settings=settings, out=out, keep_exports=True, figure=False
@@ -150,7 +161,7 @@ def run_demo(
     op = next(r for r in result.runs if r["model"] == model)
     export_dir = Path(op["deployed"]["export_dir"])
     data = load_bundled("digits")
-    reference = evaluate(load_export(export_dir, "timm"), make_loaders(data, settings)[1], settings.device)
+    reference = evaluate(load_export(export_dir, found.zoo.name), make_loaders(data, settings)[1], settings.device)
     fresh = _fresh_process_logits(export_dir, data.test.images)
     predicted = fresh.argmax(1)
     same = op["deployed"]["predictions_equal"] and bool((predicted == reference.logits.argmax(1)).all())
