@@ -204,6 +204,28 @@ def test_without_torchao_the_command_names_the_extra(untrained_export):
     )
 
 
+def test_an_image_folder_in_train_py_layout_calibrates_and_evaluates(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("validation", 2)):
+        for c in range(3):
+            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(image).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+    metadata = ExportMetadata(
+        data_config=dict(input_size=(3, SIZE, SIZE), crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    )
+    model = create_model("test_resnet_op_d2", num_classes=3).eval()
+    folder = export_collapsed(model, tmp_path / "export", metadata=metadata).out_dir
+    assert main(["quantize", str(folder), "--data-dir", str(tmp_path / "data")]) == 0  # 512 asked, 18 there
+    assert "calibrated on 18 training images" in capsys.readouterr().out
+    record = json.loads((folder / "config.json").read_text())["overparam_zoo"]["int8"]
+    assert (record["calibration_images"], record["evaluation_images"]) == (18, 6)
+    assert record["dataset"] == f"folder:{tmp_path / 'data'}" and (folder / INT8_NAME).is_file()
+
+
 # --- the record in config.json and the card ---------------------------------------------------------
 
 
