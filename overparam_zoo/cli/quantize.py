@@ -6,8 +6,10 @@ preprocessed by the export's own config.json (timm's resolve_data_config + creat
 Writes EXPORT_DIR/model_int8.pt2 (or --out), and records float32 and INT8 top-1 on the held-out
 images, and how often they agree, in config.json (under overparam_zoo.int8) and the model card.
 
-Load it with torch and torchao alone:
+Load it with torch and torchao alone (any batch size):
   import torch, torchao; model = torch.export.load("model_int8.pt2").module()
+and for INT8 kernels, import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer, set
+torch._inductor.config.freezing = True and torch.compile(model).
 """
 
 from __future__ import annotations
