@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,9 +21,10 @@ from PIL import Image
 from overparam_zoo.cli import main
 from overparam_zoo.errors import CompareError, UnknownModelError
 from overparam_zoo.experiments.compare import SCHEMA, resolve_models, run_compare, variant_names
-from overparam_zoo.experiments.datasets import load_bundled
+from overparam_zoo.experiments.datasets import load_bundled, load_image_folder
 from overparam_zoo.experiments.report import welch_verdict
-from overparam_zoo.experiments.training import TrainSettings
+from overparam_zoo.experiments.training import TrainSettings, data_config
+from overparam_zoo.sharing.metadata import MetadataWarning
 
 BASE, OP = "mobilenetv3_small_100", "mobilenetv3_small_100_op_d2"
 TINY = ["--epochs", "1", "-b", "12", "--input-size", "16", "--warmup-epochs", "0", "--threads", "1", "--seeds", "2"]
@@ -54,8 +56,10 @@ def compared(folder, tmp_path_factory):
     """One finished comparison, run through the CLI, with the stdout it printed."""
     out = tmp_path_factory.mktemp("compare") / "out"
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    with contextlib.redirect_stdout(stdout), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         code = main(["compare", "--models", OP, "--data-dir", str(folder), "--out", str(out), "--keep-exports", *TINY])
+    assert not [w for w in caught if issubclass(w.category, MetadataWarning)]  # every export states its run
     return out, code, stdout.getvalue()
 
 
@@ -85,6 +89,14 @@ def test_model_lists_add_each_variants_base():
     specs = resolve_models(names)
     assert [s.name for s in specs] == ["resnet18", *names]
     assert [(s.depth, s.tag) for s in specs] == [(1, "stock"), (2, "plain"), (4, "plain"), (2, "bn"), (4, "bn")]
+    assert {s.zoo for s in specs} == {"timm"}  # timm's, for a name both zoos know
+    torchvision = resolve_models(["resnet18_op_d2", "mobilenet_v3_small"], zoo="torchvision")
+    assert [(s.name, s.base, s.zoo) for s in torchvision] == [
+        ("resnet18", "resnet18", "torchvision"),
+        ("resnet18_op_d2", "resnet18", "torchvision"),
+        ("mobilenet_v3_small", "mobilenet_v3_small", "torchvision"),
+    ]
+    assert resolve_models(["alexnet_op_d2"])[0].zoo == "torchvision"  # only torchvision knows it
 
 
 def test_verdict_calls_only_differences_beyond_the_seed_spread():
@@ -145,9 +157,14 @@ def test_exported_stock_models_reproduce_the_op_models(compared, folder):
         assert run["deployed"]["top1"] == run["top1"] and run["deployed"]["max_logit_difference"] < 1e-4
         export = out / "exports" / OP / f"seed{run['seed']}"
         assert run["deployed"]["export_dir"] == str(export)
-        assert json.loads((export / "config.json").read_text())["architecture"] == BASE
+        config = json.loads((export / "config.json").read_text())
+        assert config["architecture"] == BASE and config["label_names"] == list(CLASSES)
         stock = timm.create_model(f"local-dir:{export}", pretrained=True)
         assert not any("overparam" in type(m).__module__ for m in stock.modules())
+        # the export states the run's preprocessing: timm resolves exactly the test loader's data config
+        resolved = timm.data.resolve_data_config(model=stock)
+        expected = data_config(load_image_folder(folder), TrainSettings(input_size=16))
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items() if k in expected} == expected
     assert all(r["deployed"] is None for r in results["runs"] if r["model"] == BASE)
 
 
@@ -175,7 +192,7 @@ def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path):
     assert not (out / "exports").exists()  # exports are removed unless kept
     again = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
     assert again.trained == [] and len(again.resumed) == 4
-    with pytest.raises(CompareError, match=r"epochs: 1 there, 2 now"):
+    with pytest.raises(CompareError, match=r"^out=.* \(settings.epochs=1 there, 2 now, "):
         run_compare([OP], seeds=2, data_dir=folder, settings=TrainSettings(epochs=2, batch_size=12), out=out)
 
 
@@ -183,7 +200,7 @@ def test_bad_models_are_named(capsys, tmp_path):
     out = ["--out", str(tmp_path / "o")]
     assert "unknown op variant 'resnet18_op_d3'" in _cli_error(["--models", "resnet18_op_d3", *out], capsys)
     assert "unknown model 'not_a_model'" in _cli_error(["--models", "not_a_model", *out], capsys)
-    assert "torchvision variant" in _cli_error(["--models", "alexnet_op_d2", *out], capsys)
+    assert "'alexnet': not a timm model" in _cli_error(["--zoo", "timm", "--models", "alexnet", *out], capsys)
     assert "unknown op variant 'resnet18_op_d2_nope'" in _cli_error(
         ["--base", "resnet18", "--tags", "nope", *out], capsys
     )
@@ -204,6 +221,21 @@ def test_bad_data_is_named(capsys, tmp_path, folder):
     assert not (tmp_path / "o").exists()
 
 
+def test_library_errors_name_parameters(tmp_path, folder):
+    settings = TrainSettings(batch_size=64)
+    with pytest.raises(CompareError, match=r"^settings.batch_size=64 is larger than the 36 training images"):
+        run_compare([BASE], seeds=1, data_dir=folder, settings=settings, out=tmp_path / "o")
+    with pytest.raises(CompareError, match=r"^seeds=0: expected at least 1$"):
+        run_compare([BASE], seeds=0, out=tmp_path / "o")
+    with pytest.raises(CompareError, match=r"^settings.epochs=0: expected at least 1$"):
+        run_compare([BASE], seeds=1, settings=TrainSettings(epochs=0), out=tmp_path / "o")
+    from overparam_zoo.errors import DataError
+
+    with pytest.raises(DataError, match=rf"^data_dir={tmp_path / 'missing'}: no such folder"):
+        run_compare([BASE], seeds=1, data_dir=tmp_path / "missing", out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_dependencies_are_named(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if not installed: import raises ImportError
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
@@ -214,7 +246,6 @@ def test_missing_dependencies_are_named(capsys, monkeypatch, tmp_path):
 
 
 def test_ema_and_amp_train_and_evaluate(folder):
-    from overparam_zoo.experiments.datasets import load_image_folder
     from overparam_zoo.experiments.training import evaluate, make_loaders, train_model
 
     settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, model_ema=True, amp=True)
@@ -227,3 +258,48 @@ def test_ema_and_amp_train_and_evaluate(folder):
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # an average, not a copy of the last step
     result = evaluate(trained.model, test, "cpu")
     assert result.logits.shape == (12, 3) and result.features.shape[0] == 12 and np.isfinite(result.loss)
+
+
+def test_compare_trains_a_torchvision_pair_whose_export_loads_strictly(folder, tmp_path, capsys):
+    """``--zoo torchvision`` for a name both zoos know; the export loads into torchvision's own
+    ``resnet18`` with ``strict=True`` and scores what compare reported."""
+    import torchvision
+    from safetensors.torch import load_file
+
+    from overparam_zoo.experiments.training import evaluate, make_loaders
+
+    out = tmp_path / "out"
+    argv = ["--zoo", "torchvision", "--models", "resnet18_op_d2", "--data-dir", str(folder), "--out", str(out)]
+    assert main(["compare", *argv, "--keep-exports", *TINY, "--seeds", "1"]) == 0
+    assert "| resnet18_op_d2 " in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    base, op = results["runs"]
+    assert [(r["model"], r["zoo"]) for r in (base, op)] == [
+        ("resnet18", "torchvision"),
+        ("resnet18_op_d2", "torchvision"),
+    ]
+    assert base["feature_effective_rank"] >= 1 and op["feature_effective_rank"] >= 1  # the classifier's input
+    export = out / "exports" / "resnet18_op_d2" / "seed0"
+    config = json.loads((export / "config.json").read_text())
+    assert (config["architecture"], config["zoo"], config["num_classes"]) == ("resnet18", "torchvision", 3)
+    assert config["label_names"] == list(CLASSES)
+    stock = torchvision.models.resnet18(num_classes=3)
+    stock.load_state_dict(load_file(export / "model.safetensors"), strict=True)
+    test = make_loaders(load_image_folder(folder), TrainSettings(input_size=16))[1]
+    assert evaluate(stock, test, "cpu").top1 == op["deployed"]["top1"] == op["top1"]
+    assert op["deployed"]["predictions_equal"]
+
+
+def test_grayscale_data_is_served_as_rgb_to_a_model_that_takes_rgb():
+    from overparam_zoo.experiments.training import make_loaders
+
+    digits = load_bundled("digits")
+    rgb = digits.with_channels(3)
+    assert digits.with_channels(1) is digits and rgb.in_chans == 3 and rgb.mean == digits.mean * 3
+    image, label = rgb.test[0]
+    gray, same_label = digits.test[0]
+    assert image.mode == "RGB" and label == same_label
+    assert all(np.array_equal(np.asarray(image)[..., c], np.asarray(gray)) for c in range(3))
+    train, _ = make_loaders(rgb, TrainSettings(input_size=8))
+    assert next(iter(train))[0].shape[1:] == (3, 8, 8)
+    assert digits.test[0][0].mode == "L"  # the grayscale data is left as it was
