@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import io
+import re
 import subprocess
 import sys
 import sysconfig
@@ -102,12 +103,19 @@ def test_console_script_help():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(subparsers.choices) == set(COMMANDS)
-    listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("    ") and line.split()}
+    # command rows are indented 4 spaces ("    demo      train ..."), their help on the same line or the
+    # next (a long name); wrapped help lines are indented more
+    lines = result.stdout.splitlines() + [""]
+    listed = {
+        m.group(1): (m.group(2) or "") + " " + lines[i + 1]
+        for i, m in enumerate(re.match(r"^    (\S+)(\s+\S.*)?$", line) for line in lines)
+        if m
+    }
     for command in COMMANDS:
         help_line = next(a.help for a in subparsers._choices_actions if a.dest == command)
-        assert help_line and command in listed and help_line.split()[0] in listed[command], command
+        assert help_line and help_line.split()[0] in listed.get(command, ""), (command, help_line, result.stdout)
     for command in COMMANDS:  # in-process: one subprocess per command would cost ~1 s of imports each
         with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()) as out:
             main([command, "--help"])
         assert exit_info.value.code == 0, command
-        assert out.getvalue().startswith(f"usage: overparam-zoo {command}"), command
+        assert out.getvalue().startswith(f"usage: overparam-zoo {command}"), (command, out.getvalue()[:200])
