@@ -125,6 +125,17 @@ def test_quantize_model_refuses_empty_calibration_and_labels_out_of_range():
         quantize_model(model, [batch], [])
 
 
+def test_quantize_model_refuses_batches_the_model_does_not_take():
+    model = create_model("test_resnet", num_classes=10, in_chans=1).eval()
+    batch = (torch.randn(4, 1, SIZE, SIZE), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(QuantizeError, match=r"^calibration: the model does not take images of shape \[2, 3, 16, 16\]"):
+        quantize_model(model, [(torch.randn(4, 3, SIZE, SIZE), batch[1])], [batch])
+    with pytest.raises(QuantizeError, match="^calibration: expected batches of float image tensors"):
+        quantize_model(model, [(torch.randn(4, SIZE), batch[1])], [batch])
+    with pytest.raises(QuantizeError, match=r"^evaluation: the model does not take images of shape \[4, 1, 20, 20\]"):
+        quantize_model(model, [batch], [(torch.randn(4, 1, 20, 20), batch[1])])  # the program's size is fixed
+
+
 # --- bad input: one line, nothing written ----------------------------------------------------------
 
 
@@ -137,6 +148,35 @@ def test_an_incomplete_export_folder_is_one_line_and_nothing_is_written(untraine
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"overparam-zoo quantize: error: {folder} lacks {missing}; expected")
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda f: (f / "config.json").write_text("{"), "config.json: not readable JSON"),
+        (lambda f: (f / "config.json").write_text("[]"), "config.json: expected a JSON object"),
+        (lambda f: edit_config(f, architecture=None), "config.json: 'architecture' is missing or not a str"),
+        (lambda f: edit_config(f, architecture="no_such_net"), "config.json names 'no_such_net', which is not a timm"),
+        (lambda f: edit_config(f, num_classes=7), "model.safetensors does not load into test_resnet: "),
+    ],
+)
+def test_a_broken_export_folder_is_one_line_and_nothing_is_written(untrained_export, tmp_path, capsys, spoil, message):
+    folder = copy_of(untrained_export, tmp_path)
+    spoil(folder)
+    before = snapshot(folder)
+    assert main(["quantize", str(folder), "--calibration-images", "8"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"overparam-zoo quantize: error: {folder / message.split(':')[0]}")
+    assert message in err[0], err[0]
+    assert snapshot(folder) == before
+    with pytest.raises(QuantizeError, match="is not a folder; expected the output folder of overparam-zoo export"):
+        load_export(folder / "README.md")
+
+
+def edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
 
 
 def test_no_calibration_images_is_one_line_naming_the_flag(untrained_export, tmp_path, capsys, digits):

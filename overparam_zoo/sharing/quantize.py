@@ -154,6 +154,15 @@ def _drop_unused_tensors(module: torch.fx.GraphModule) -> None:
             delattr(module.get_submodule(owner), attr)
 
 
+def _run(model: nn.Module, images: torch.Tensor, where: str) -> torch.Tensor:
+    try:
+        return model(images)
+    except (RuntimeError, ValueError, AssertionError) as err:  # a shape the model or its program does not take
+        raise QuantizeError(
+            f"{where}: the model does not take images of shape {list(images.shape)}: {first_line(err)}"
+        ) from err
+
+
 def _check_batch(images: Any, targets: Any, where: str, num_classes: int | None) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise QuantizeError(f"{where}: expected batches of float image tensors [N, C, H, W] with targets")
@@ -190,17 +199,16 @@ def quantize_model(
     prepared, seen, example = None, 0, None
     for images, targets in calibration:
         _check_batch(images, targets, "calibration", num_classes)
+        images = images.cpu().float()
         if prepared is None:
-            example = images[:1].cpu().float().repeat(2, 1, 1, 1)  # two images: a batch of one would be specialised
+            example = images[:1].repeat(2, 1, 1, 1)  # two images: a batch of one would be specialised
+            _run(float_model, example, "calibration")
             program = _export(float_model, example, type(float_model).__name__)
             try:
                 prepared = pt2e.prepare_pt2e(program.module(), _quantizer())
             except Exception as err:
                 raise QuantizeError(f"torchao cannot prepare {type(float_model).__name__}: {first_line(err)}") from err
-        try:
-            prepared(images.cpu().float())
-        except RuntimeError as err:
-            raise QuantizeError(f"calibration: the model does not take these images: {first_line(err)}") from err
+        _run(prepared, images, "calibration")
         seen += len(images)
     if prepared is None or seen == 0:
         raise QuantizeError("calibration: no images; expected at least one batch of training images")
@@ -221,11 +229,11 @@ def _measure(
     right32 = right8 = same = total = 0
     for images, targets in evaluation:
         _check_batch(images, targets, "evaluation", num_classes)
-        try:
-            images, targets = images.cpu().float(), targets.cpu()
-            pred32, pred8 = float_model(images).argmax(1), int8_model(images).argmax(1)
-        except RuntimeError as err:
-            raise QuantizeError(f"evaluation: the model does not take these images: {first_line(err)}") from err
+        images, targets = images.cpu().float(), targets.cpu()
+        pred32, pred8 = (
+            _run(float_model, images, "evaluation").argmax(1),
+            _run(int8_model, images, "evaluation").argmax(1),
+        )
         right32 += int((pred32 == targets).sum())
         right8 += int((pred8 == targets).sum())
         same += int((pred32 == pred8).sum())
