@@ -156,8 +156,13 @@ def test_an_incomplete_export_folder_is_one_line_and_nothing_is_written(untraine
         (lambda f: (f / "config.json").write_text("{"), "config.json: not readable JSON"),
         (lambda f: (f / "config.json").write_text("[]"), "config.json: expected a JSON object"),
         (lambda f: edit_config(f, architecture=None), "config.json: 'architecture' is missing or not a str"),
+        (lambda f: edit_config(f, architecture=3), "config.json: 'architecture' is missing or not a str"),
         (lambda f: edit_config(f, architecture="no_such_net"), "config.json names 'no_such_net', which is not a timm"),
         (lambda f: edit_config(f, num_classes=7), "model.safetensors does not load into test_resnet: "),
+        (
+            lambda f: edit_config(f, zoo="torchvision", pretrained_cfg=None),
+            "config.json: a torchvision export records no",
+        ),
     ],
 )
 def test_a_broken_export_folder_is_one_line_and_nothing_is_written(untrained_export, tmp_path, capsys, spoil, message):
@@ -176,6 +181,7 @@ def test_a_broken_export_folder_is_one_line_and_nothing_is_written(untrained_exp
 def edit_config(folder, **changes):
     config = json.loads((folder / "config.json").read_text())
     config.update(changes)
+    config = {k: v for k, v in config.items() if v is not None}
     (folder / "config.json").write_text(json.dumps(config))
 
 

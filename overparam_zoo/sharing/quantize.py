@@ -277,6 +277,10 @@ def image_batches(
     return torch.utils.data.DataLoader(view, batch_size=batch_size)
 
 
+def _zoo(config: dict[str, Any]) -> str:
+    return str(config.get("zoo") or (config.get(_PROVENANCE_KEY) or {}).get("zoo") or "timm")
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise QuantizeError(f"{folder} is not a folder; expected the output folder of overparam-zoo export")
@@ -292,6 +296,11 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise QuantizeError(f"{folder / _CONFIG_NAME}: not readable JSON ({first_line(err)})") from err
     if not isinstance(config, dict):
         raise QuantizeError(f"{folder / _CONFIG_NAME}: expected a JSON object")
+    if "pretrained_cfg" not in config and _zoo(config) != "timm":
+        raise QuantizeError(
+            f"{folder / _CONFIG_NAME}: a {_zoo(config)} export records no preprocessing (pretrained_cfg); "
+            "expected a timm export, whose config.json says how its training images were preprocessed"
+        )
     for key, kind in (("architecture", str), ("num_classes", int), ("pretrained_cfg", dict)):
         if not isinstance(config.get(key), kind):
             raise QuantizeError(
@@ -318,7 +327,7 @@ def load_export(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     folder = Path(folder)
     config = _read_config(folder)
     arch = config["architecture"]
-    zoo = (config.get(_PROVENANCE_KEY) or {}).get("zoo", "timm")
+    zoo = _zoo(config)
     try:
         model = create_model(arch, zoo=zoo, **{**config.get("model_args", {}), "num_classes": config["num_classes"]})
     except UnknownModelError as err:
