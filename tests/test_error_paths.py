@@ -306,3 +306,101 @@ def test_unknown_model_through_the_cli(tmp_path, capsys):
 def test_create_model_of_an_unknown_variant():
     with pytest.raises(KeyError, match="unknown op variant 'test_resnet_op_d9'"):
         create_model("test_resnet_op_d9")
+
+
+# --------------------------------------------------------------------------- more checkpoint and export input
+def test_torch_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "w.pth").write_bytes(b"this is not a torch file")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["verify", str(tmp_path / "w.pth"), "--model", "test_resnet_op_d2"])
+    assert message.startswith(f"cannot read {tmp_path / 'w.pth'}: RuntimeError: ")  # torch's own words follow
+    assert files_under(tmp_path) == before
+
+
+def test_checkpoint_holding_a_pickled_object_is_never_run(tmp_path, capsys):
+    import datetime
+
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    torch.save({"state_dict": state, "saved_at": datetime.datetime(2026, 1, 1)}, tmp_path / "w.pth")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["verify", str(tmp_path / "w.pth"), "--model", "test_resnet_op_d2"])
+    assert message.startswith(f"{tmp_path / 'w.pth'} holds a pickled Python object (datetime.datetime), so it was not")
+    assert "weights_only=False" in message and "safetensors" in message
+    assert files_under(tmp_path) == before
+
+
+def _export_error(tmp_path, capsys, checkpoint: dict, *extra: str) -> str:
+    torch.save(checkpoint, tmp_path / "w.pth")
+    before = files_under(tmp_path)
+    out = tmp_path / "out"
+    message = cli_error(
+        capsys, ["export", str(tmp_path / "w.pth"), "--model", "test_resnet_op_d2", "--out", str(out), *extra]
+    )
+    assert files_under(tmp_path) == before  # no out folder, no temporary folder beside it
+    return message
+
+
+def test_export_of_diverged_weights(tmp_path, capsys):
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    state["fc.factors.0.weight"][0, 0] = float("nan")
+    message = _export_error(tmp_path, capsys, state)
+    assert message.startswith("test_resnet_op_d2's weights hold NaN or Inf in fc.factors.0.weight")
+
+
+def test_export_whose_collapse_overflows(tmp_path, capsys):
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    for key in ("fc.factors.0.weight", "fc.factors.1.weight"):  # finite factors (1e30), product 1e60 > float32 max
+        state[key].fill_(1e30)
+    message = _export_error(tmp_path, capsys, state)
+    assert message.startswith("collapsing test_resnet_op_d2 overflows to NaN or Inf in fc.weight")
+
+
+def test_export_whose_collapsed_model_outputs_nan(tmp_path, capsys):
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    bn = next(k for k in state if k.endswith("running_var") and ".factors." not in k and ".norms." not in k)
+    state[bn].fill_(-1.0)  # a variance below -eps: sqrt of a negative number in eval
+    message = _export_error(tmp_path, capsys, state)
+    assert message.startswith("the collapsed test_resnet outputs NaN or Inf on the probe input")
+
+
+def test_export_with_training_args_of_the_wrong_kind(tmp_path, capsys):
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    message = _export_error(tmp_path, capsys, {"state_dict": state, "args": 5})
+    assert message == "training args must be an argparse.Namespace or a mapping, not int"
+
+
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("classes.pkl", b"not a pickle", "cannot read label names from"),
+        ("classes.pkl", {"a": 0, "c": 2, "b": 1, "x": 5}, "class indices must be 0..3"),
+        ("classes.txt", b"\xff\xfe not utf-8", "cannot read label names from"),
+    ],
+    ids=["corrupt-pkl", "gaps", "not-utf8-txt"],
+)
+def test_export_with_label_names_that_cannot_be_used(tmp_path, capsys, name, content, expected):
+    import pickle
+
+    labels = tmp_path / name
+    labels.write_bytes(content if isinstance(content, bytes) else pickle.dumps(content))
+    state = timm.create_model("test_resnet_op_d2", num_classes=3).state_dict()
+    message = _export_error(tmp_path, capsys, state, "--label-names", str(labels))
+    assert expected in message and name in message
+
+
+def test_spectrum_of_weights_with_nan(tmp_path, capsys):
+    state = timm.create_model("test_resnet", num_classes=3).state_dict()
+    state["fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "w.pth")
+    message = cli_error(capsys, ["spectrum", str(tmp_path / "w.pth"), "--model", "test_resnet"])
+    assert message.startswith("test_resnet: the weight of shape (3, ") and "NaN" in message
+
+
+def test_missing_optional_dependency_names_the_extra():
+    from overparam_zoo.errors import MissingExtraError
+    from overparam_zoo.extras import require
+
+    with pytest.raises(MissingExtraError, match=r"^the thing needs no_such_module_xyz, which is not installed: "):
+        require("no_such_module_xyz.sub", "demo", "the thing")
+    with pytest.raises(ImportError, match=r"pip install 'overparam-zoo\[demo\]'$"):  # an ImportError too
+        require("no_such_module_xyz", "demo", "the thing")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import pickle
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def read_label_names(path: str | Path, search: Iterable[str | Path] = ()) -> tup
         )
     try:
         class_to_idx = load_class_map(str(path))
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, pickle.UnpicklingError, EOFError) as err:  # a corrupt .pkl too
         raise ExportError(f"cannot read label names from {path}: {err}") from err
     names = sorted(class_to_idx, key=class_to_idx.__getitem__)
     if [class_to_idx[n] for n in names] != list(range(len(names))):
