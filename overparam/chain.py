@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .compose import bn_affine, collapse_chain
+from .compose import _apply_to_constant, bn_affine, collapse_chain
 from .cost import prefer_composed
 from .plan import ChainPlan
 
@@ -273,6 +273,12 @@ class OverparamChain(nn.Module):
         All padding is applied once, before the first factor; later factors are "valid".
         Symmetric zero padding is left to the first conv (no padded copy is made and saved
         for backward) unless an identity skip needs the padded input.
+
+        In training, a batch norm between two factors (no skip leaving or entering there) is
+        folded into the next factor: its batch statistics are taken from the map, and the next
+        factor runs with its weight scaled per input channel and the shift as a bias, so the
+        normalised map is never written, read again or saved for backward. Same function,
+        same gradients and running statistics as the module; see :func:`_fold_batch_norm`.
         """
         plan = self.plan
         lead = None
@@ -286,15 +292,26 @@ class OverparamChain(nn.Module):
             x = self._pad(x)
         sources = plan.skip_sources
         saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
+        norms = self.norms
+        fold = norms is not None and self.training and not torch.compiler.is_compiling()
+        folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of the batch norm before this factor
         for i, factor in enumerate(self.factors, start=1):
             if i == 1 and first_padding is not None:
                 x = _CONV_FUNCTIONS[plan.ndim](
                     x, factor.weight, factor.bias, factor.stride, first_padding, factor.dilation, factor.groups
                 )
+            elif folded is not None:
+                weight, bias = _scale_input_channels(factor.weight, factor.bias, *folded, plan.groups)
+                x = F.linear(x, weight, bias) if plan.ndim == 0 else factor._conv_forward(x, weight, bias)
+                folded = None
             else:
                 x = factor(x)
-            if self.norms is not None:
-                x = self.norms[i - 1](x)
+            if norms is not None:
+                bn = norms[i - 1]
+                if fold and i < plan.depth and i not in sources and not plan.skips_into(i):
+                    folded = _fold_batch_norm(bn, x)
+                if folded is None:
+                    x = bn(x)
             for skip in plan.skips_into(i):
                 x = x + _crop(saved[skip.source], skip.offset, skip.step, x.shape[2:])
             if i in sources:
@@ -436,6 +453,70 @@ class OverparamChain(nn.Module):
         if plan.skips:
             parts.append("skips=" + ",".join(f"{s.source}->{s.target}" for s in plan.skips))
         return ", ".join(parts)
+
+
+_PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class _BatchMoments(torch.autograd.Function):
+    """Per-channel batch mean and biased variance of ``x`` (``[N, C, *]``), updating the
+    running statistics as a training batch norm does, with a one-pass backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, running_mean: Tensor, running_var: Tensor, momentum: float):
+        mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor):
+        x, mean = ctx.saved_tensors
+        n = x.numel() // x.shape[1]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        # d mean / dx = 1/n, d var / dx = 2 (x - mean) / n: one fused pass over x
+        beta = grad_var * (2.0 / n)
+        alpha = grad_mean / n - beta * mean
+        return torch.addcmul(alpha.view(shape), x, beta.view(shape)), None, None, None
+
+
+def _fold_batch_norm(bn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """A training-mode batch norm of ``x`` as a per-channel ``(scale, shift)`` of its batch
+    statistics, with the module's running statistics and batch count updated exactly as its
+    forward would; ``None`` (the module must run itself) for anything but a plain affine
+    ``BatchNormNd`` with running statistics in ``x``'s dtype (autocast, SyncBatchNorm,
+    a single value per channel, which the module refuses)."""
+    if (
+        type(bn) not in _PLAIN_BATCH_NORMS
+        or not bn.training
+        or not bn.affine
+        or not bn.track_running_stats
+        or bn.running_mean is None
+        or bn.weight.dtype != x.dtype
+        or x.numel() <= x.shape[1]
+        or torch.is_autocast_enabled(x.device.type)
+    ):
+        return None
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    mean, var = _BatchMoments.apply(x, bn.running_mean, bn.running_var, momentum)
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    return scale, bn.bias - mean * scale
+
+
+def _scale_input_channels(
+    weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, groups: int
+) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``factor(scale * x + shift)`` for a factor without padding: the
+    weight scaled per input channel, and the factor applied to the constant ``shift`` map."""
+    if weight.dim() == 2:
+        scaled, extra = weight * scale, weight @ shift
+    else:
+        out_ch, per_group = weight.shape[:2]
+        kernel = weight.shape[2:]
+        grouped = weight.reshape(groups, out_ch // groups, per_group, *kernel)
+        scaled = (grouped * scale.reshape(groups, 1, per_group, *(1,) * len(kernel))).reshape(weight.shape)
+        extra = _apply_to_constant(weight, shift, groups)
+    return scaled, extra if bias is None else extra + bias
 
 
 def _crop(source: Tensor, offset: tuple[int, ...], step: tuple[int, ...], size: torch.Size) -> Tensor:
