@@ -456,6 +456,11 @@ class OverparamChain(nn.Module):
 
 
 _PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Smallest map (elements) whose batch norm is folded. Folding saves about four passes over
+#: the map per step (~16 bytes per float32 element, ~1.6 ns at 10 GB/s) and costs about 25
+#: small tensor operations (~5 us each, ~125 us) for the statistics and the scaled weight:
+#: the two break even near 2**16 elements; below 2**17 the module runs.
+_FOLD_MIN_ELEMENTS = 2**17
 
 
 class _BatchMoments(torch.autograd.Function):
@@ -484,7 +489,8 @@ def _fold_batch_norm(bn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
     statistics, with the module's running statistics and batch count updated exactly as its
     forward would; ``None`` (the module must run itself) for anything but a plain affine
     ``BatchNormNd`` with running statistics in ``x``'s dtype (autocast, SyncBatchNorm,
-    a single value per channel, which the module refuses)."""
+    a single value per channel, which the module refuses), and for maps too small to gain
+    (``_FOLD_MIN_ELEMENTS``)."""
     if (
         type(bn) not in _PLAIN_BATCH_NORMS
         or not bn.training
@@ -492,7 +498,7 @@ def _fold_batch_norm(bn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
         or not bn.track_running_stats
         or bn.running_mean is None
         or bn.weight.dtype != x.dtype
-        or x.numel() <= x.shape[1]
+        or x.numel() < max(_FOLD_MIN_ELEMENTS, x.shape[1] + 1)
         or torch.is_autocast_enabled(x.device.type)
     ):
         return None

@@ -10,11 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import overparam.chain
 from overparam import OverparamConv1d, OverparamConv2d, OverparamLinear
 
 from .helpers import randomize_, relative_error
 
 TOL = 1e-10
+
+
+@pytest.fixture
+def fold_every_map(monkeypatch):
+    """The fold for maps of any size (by default only maps worth it are folded)."""
+    monkeypatch.setattr(overparam.chain, "_FOLD_MIN_ELEMENTS", 0)
 
 
 def unfolded_forward(layer, x):
@@ -47,7 +54,7 @@ CASES = {
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
 @pytest.mark.parametrize("case", CASES)
-def test_folded_batch_norm_matches_the_modules(case, momentum):
+def test_folded_batch_norm_matches_the_modules(case, momentum, fold_every_map):
     build, shape = CASES[case]
     layer = randomize_(build()).double().train()
     for bn in layer.norms:
@@ -83,9 +90,12 @@ def saved_storages(fn):
     return list(seen.values())
 
 
-def test_folded_batch_norm_saves_no_normalised_map():
+@pytest.mark.parametrize("size", [16, 32], ids=["small-folded-by-hand", "large-by-default"])
+def test_folded_batch_norm_saves_no_normalised_map(size, monkeypatch):
+    if size * size * 64 < overparam.chain._FOLD_MIN_ELEMENTS:
+        monkeypatch.setattr(overparam.chain, "_FOLD_MIN_ELEMENTS", 0)
     layer = OverparamConv2d(16, 16, 3, depth=4, padding=1, batch_norm=True).train()
-    x = torch.randn(4, 16, 16, 16, requires_grad=True)
+    x = torch.randn(8, 16, size, size, requires_grad=True)
     map_bytes = x.numel() * x.element_size()
     folded = saved_storages(lambda: layer(x))
     unfolded = saved_storages(lambda: unfolded_forward(copy.deepcopy(layer), x))
@@ -95,7 +105,17 @@ def test_folded_batch_norm_saves_no_normalised_map():
     assert sum(folded) < sum(unfolded) - 2.5 * map_bytes
 
 
-def test_no_fold_at_skip_nodes_under_autocast_or_in_eval():
+def test_small_maps_run_the_module():
+    layer = OverparamConv2d(4, 4, 3, padding=1, batch_norm=True).train()
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    map_bytes = x.numel() * x.element_size()
+    # the normalised map between the factors is saved: the module ran
+    assert saved_storages(lambda: layer(x)).count(map_bytes) == saved_storages(
+        lambda: unfolded_forward(copy.deepcopy(layer), x)
+    ).count(map_bytes)
+
+
+def test_no_fold_at_skip_nodes_under_autocast_or_in_eval(fold_every_map):
     layer = randomize_(OverparamConv2d(4, 4, 3, depth=4, padding=4, residual=True, batch_norm=True)).double()
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     reference = copy.deepcopy(layer)
