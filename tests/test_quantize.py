@@ -40,6 +40,9 @@ MAX_DROP, MIN_AGREEMENT = 0.03, 0.95
 ~99.7% agreement; calibrating on zeros gives chance (top-1 ~0.10), far outside."""
 
 
+BILINEAR_CENTER = dict(interpolation="bilinear", crop_mode="center")
+
+
 def close_to_float32(acc) -> bool:
     return abs(acc.drop) <= MAX_DROP and acc.agreement >= MIN_AGREEMENT
 
@@ -226,7 +229,11 @@ def test_images_that_do_not_fit_the_export_are_one_line(tmp_path, capsys, digits
     model = create_model("test_resnet_op_d2", **kwargs).eval()
     folder = digits_export(tmp_path / "export", model, digits) if kwargs["in_chans"] == 1 else None
     if folder is None:  # a 3-channel export: the run's preprocessing keeps 3 channels
-        metadata = ExportMetadata(data_config=dict(input_size=(3, SIZE, SIZE), crop_pct=1.0))
+        metadata = ExportMetadata(
+            data_config=dict(
+                input_size=(3, SIZE, SIZE), crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, **BILINEAR_CENTER
+            )
+        )
         folder = export_collapsed(model, tmp_path / "export", metadata=metadata).out_dir
     before = snapshot(folder)
     assert main(["quantize", str(folder), "--calibration-images", "8"]) == 1
@@ -261,7 +268,7 @@ def test_an_image_folder_in_train_py_layout_calibrates_and_evaluates(tmp_path, c
                 image = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
                 Image.fromarray(image).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
     metadata = ExportMetadata(
-        data_config=dict(input_size=(3, SIZE, SIZE), crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+        data_config=dict(input_size=(3, SIZE, SIZE), crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, **BILINEAR_CENTER)
     )
     model = create_model("test_resnet_op_d2", num_classes=3).eval()
     folder = export_collapsed(model, tmp_path / "export", metadata=metadata).out_dir
