@@ -6,11 +6,15 @@
 - Third-party ``overparam_zoo`` plugins installed on the machine are disabled; tests that
   exercise entry points enable them in their own subprocesses.
 - Registrations (timm's and torchvision's registries, the variant table, plugins, timm's
-  ``CheckpointSaver`` hook) made by a test are undone after it.
+  ``CheckpointSaver`` hook) made by a test are undone after it by the fixtures below, and
+  ``_no_leaks`` fails any test that leaves those, timm's no-trace lists, the environment, the
+  umask, the working folder or torch's threads and default dtype changed (CI also runs a sample
+  of test files in random order, so an order dependence shows).
 """
 
 import copy
 import os
+import sys
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
@@ -25,6 +29,68 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _process_state() -> dict[str, object]:
+    """What a test must leave as it found it, read cheaply (sizes and identities, not copies),
+    and only from modules already imported: a test that imports one first may fill it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    state: dict[str, object] = {
+        "os.environ": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+        "umask": oct(umask),
+        "cwd": os.getcwd(),
+        "torch threads": torch.get_num_threads(),
+        "torch default dtype": torch.get_default_dtype(),
+    }
+    modules = sys.modules
+    if "overparam_zoo" not in modules:  # its import registers thousands of variants, by design
+        return state
+    if "timm.models._registry" in modules:
+        state["timm models"] = len(modules["timm.models._registry"]._model_entrypoints)
+    if "timm.layers._fx" in modules:
+        fx = modules["timm.layers._fx"]
+        state["timm no-trace modules"] = len(fx._leaf_modules)
+        state["timm no-trace functions"] = len(fx._autowrap_functions)
+    if "timm.utils" in modules:
+        state["CheckpointSaver.save_checkpoint"] = id(modules["timm.utils"].CheckpointSaver.__dict__["save_checkpoint"])
+    if "torchvision.models._api" in modules:
+        state["torchvision models"] = len(getattr(modules["torchvision.models._api"], "BUILTIN_MODELS", ()))
+    if "overparam_zoo.names.registry" in modules:
+        registry = modules["overparam_zoo.names.registry"]
+        state["op variants"] = (len(registry._VARIANTS), len(registry._REGISTERED))
+    if "overparam_zoo.names.op_models" in modules:
+        op_models = modules["overparam_zoo.names.op_models"]
+        state["op_models"] = (len(op_models.__all__), len(op_models.__all__._members), len(op_models.default_cfgs))
+    if "overparam_zoo.names.plugins" in modules:
+        manager = modules["overparam_zoo.names.plugins"]._manager
+        if manager is not None:  # created on first use; after that it must stay the same, with the same plugins
+            state["plugin manager"] = (id(manager), sorted(name for name, _ in manager.list_name_plugin()))
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request):
+    """Fail the test that leaves process-wide state changed (registries, plugins, no-trace lists,
+    environment, umask, ...); the environment and umask are put back so the next test is not hit."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    changed = [key for key in before if key in after and after[key] != before[key]]
+    if not changed:
+        return
+    details = []
+    for key in changed:
+        if key == "os.environ":
+            old, new = before[key], after[key]
+            details.append(f"os.environ: {sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))}")
+            os.environ.clear()
+            os.environ.update(old)
+        else:
+            details.append(f"{key}: {before[key]} -> {after[key]}")
+    os.umask(int(str(before["umask"]), 8))
+    os.chdir(str(before["cwd"]))
+    pytest.fail(f"{request.node.nodeid} left process-wide state changed: " + "; ".join(details), pytrace=False)
 
 
 def _snapshot(namespace: dict, names: list[str]) -> dict:
