@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from overparam import OverparamChain
+from overparam import OverparamChain, OverparamConv2d
 from overparam_zoo.cli import main
 from overparam_zoo.errors import QuantizeError
 from overparam_zoo.experiments.datasets import ArrayImageDataset, load_bundled
@@ -139,6 +139,29 @@ def test_quantize_model_refuses_batches_the_model_does_not_take():
         quantize_model(model, [batch], [(torch.randn(4, 1, 20, 20), batch[1])])  # the program's size is fixed
 
 
+class DataDependent(torch.nn.Module):
+    """A branch on the input's values: torch.export cannot capture it."""
+
+    def forward(self, x):
+        return x.mean((2, 3)) if x.sum() > 0 else -x.mean((2, 3))
+
+
+def test_quantize_model_refuses_models_it_cannot_quantize():
+    batch = (torch.randn(4, 1, SIZE, SIZE), torch.zeros(4, dtype=torch.long))
+    unfoldable = torch.nn.Sequential(OverparamConv2d(1, 4, 3, depth=2, batch_norm=True, bias=False), torch.nn.ReLU())
+    with pytest.raises(QuantizeError, match="^model: cannot collapse it before quantizing: layer '0' gains a bias"):
+        quantize_model(unfoldable, [batch], [batch])
+    with pytest.raises(QuantizeError, match="^torch.export cannot capture DataDependent with a dynamic batch: "):
+        quantize_model(DataDependent(), [batch], [batch])
+
+
+def test_image_batches_refuses_what_it_cannot_batch(digits):
+    with pytest.raises(QuantizeError, match="^limit: 0 images; expected at least 1"):
+        image_batches(digits.train, lambda image: image, limit=0)
+    with pytest.raises(QuantizeError, match="^dataset: a list has no transform attribute; expected a map-style"):
+        image_batches([(0, 0)], lambda image: image)
+
+
 # --- bad input: one line, nothing written ----------------------------------------------------------
 
 
@@ -162,6 +185,7 @@ def test_an_incomplete_export_folder_is_one_line_and_nothing_is_written(untraine
         (lambda f: edit_config(f, architecture=3), "config.json: 'architecture' is missing or not a str"),
         (lambda f: edit_config(f, architecture="no_such_net"), "config.json names 'no_such_net', which is not a timm"),
         (lambda f: edit_config(f, num_classes=7), "model.safetensors does not load into test_resnet: "),
+        (lambda f: edit_config(f, model_args={"no_such_arg": 1}), "config.json does not build test_resnet: "),
         (
             lambda f: edit_config(f, zoo="torchvision", pretrained_cfg=None),
             "config.json: a torchvision export records no",
@@ -215,6 +239,24 @@ def test_an_empty_train_folder_is_one_line(untrained_export, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"overparam-zoo quantize: error: --data-dir {data}: cannot read ")
     assert "no images" in err[0].lower() or "found 0" in err[0].lower(), err[0]
+    assert snapshot(folder) == before
+
+
+class NotImages(torch.utils.data.Dataset):
+    transform = None
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return "not an image", 0
+
+
+def test_items_the_exports_preprocessing_cannot_take_are_one_line(untrained_export, tmp_path):
+    folder = copy_of(untrained_export, tmp_path)
+    before = snapshot(folder)
+    with pytest.raises(QuantizeError, match="^strings images do not go through .*'s preprocessing: TypeError"):
+        quantize_export(folder, NotImages(), NotImages(), data_name="strings")
     assert snapshot(folder) == before
 
 
