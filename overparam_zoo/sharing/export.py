@@ -193,7 +193,7 @@ def export_collapsed(
             f"the collapsed {found.base} outputs NaN or Inf on the probe input ({str(dtype).removeprefix('torch.')}, "
             f"{'x'.join(map(str, shape))}), first in {where or 'its final output'}; nothing was written"
         )
-    error = collapse_error(copy.deepcopy(model).double().eval(), found, args, probe_input(shape, torch.float64))
+    error = collapse_error(copy.deepcopy(model).to("cpu", torch.float64).eval(), found, args, probe_input(shape, torch.float64))  # the probe is on the CPU
     if not math.isfinite(error):
         raise ExportError(
             f"the float64 collapse check of {found.name} gives {error} on the probe input; nothing was written"

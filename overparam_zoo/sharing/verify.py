@@ -129,7 +129,7 @@ def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, An
     """Compare, on a seeded probe input of the model's input size: each chain's collapsed
     forward with its expanded forward on the input it really sees, and the whole op model
     with its collapsed stock model (float64 and float32)."""
-    op = copy.deepcopy(model).double().eval()
+    op = copy.deepcopy(model).to("cpu", torch.float64).eval()  # probes and stock models are built on the CPU
     x = probe_input(probe_shape(build_base(variant, **model_args), variant), torch.float64)
     checks: list[LayerCheck] = []
 
@@ -149,7 +149,7 @@ def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, An
     finally:
         for h in handles:
             h.remove()
-    op32 = copy.deepcopy(model).float().eval()
+    op32 = copy.deepcopy(model).to("cpu", torch.float32).eval()
     return VerifyReport(
         checks, collapse_error(op, variant, model_args, x), collapse_error(op32, variant, model_args, x.float())
     )
