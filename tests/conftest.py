@@ -31,13 +31,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+#: set by pytest itself, and by sklearn/joblib/threadpoolctl on import and torch's inductor on compile
+_OTHERS_ENV = frozenset({"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"})
+
+
 def _process_state() -> dict[str, object]:
     """What a test must leave as it found it, read cheaply (sizes and identities, not copies),
     and only from modules already imported: a test that imports one first may fill it."""
     umask = os.umask(0o022)
     os.umask(umask)
     state: dict[str, object] = {
-        "os.environ": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+        "os.environ": {k: v for k, v in os.environ.items() if k not in _OTHERS_ENV},
         "umask": oct(umask),
         "cwd": os.getcwd(),
         "torch threads": torch.get_num_threads(),
