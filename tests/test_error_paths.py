@@ -404,3 +404,124 @@ def test_missing_optional_dependency_names_the_extra():
         require("no_such_module_xyz.sub", "demo", "the thing")
     with pytest.raises(ImportError, match=r"pip install 'overparam-zoo\[demo\]'$"):  # an ImportError too
         require("no_such_module_xyz", "demo", "the thing")
+
+
+# --------------------------------------------------------------------------- export with the wrong variant
+def test_export_of_a_model_as_another_variant(tmp_path):
+    from overparam_zoo.errors import ExportError
+    from overparam_zoo.sharing.export import export_collapsed
+
+    model = timm.create_model("test_resnet_op_d2", num_classes=3).eval()
+    with pytest.raises(ExportError, match=r"^collapsed weights do not fit .*resnet18"):
+        export_collapsed(model, tmp_path / "out", variant="resnet18_op_d2")
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- demo and compare settings
+def test_demo_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["demo", "--model", "test_resnet_op_d2", "--out", str(tmp_path / "taken")])
+    assert "taken" in message and "exists and is not a folder" in message
+    assert files_under(tmp_path) == before
+
+
+def test_compare_with_negative_warmup(tmp_path, capsys):
+    argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--warmup-epochs", "-1", "--out", str(tmp_path / "o")]
+    message = cli_error(capsys, argv)
+    assert "warmup_epochs" in message.replace("-", "_") and "-1" in message and "0 or more" in message
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- publish: a spoilt export folder
+@pytest.fixture(scope="module")
+def export_folder(tmp_path_factory):
+    """An export of the tiny op model, made once by the CLI; tests spoil copies of it."""
+    root = tmp_path_factory.mktemp("export")
+    path = tiny_checkpoint(root / "run")
+    assert main(["export", str(path), "--model", "test_resnet_op_d2", "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def _spoilt(export_folder: Path, tmp_path: Path, spoil) -> Path:
+    import shutil
+
+    folder = tmp_path / "exp"
+    shutil.copytree(export_folder, folder)
+    spoil(folder)
+    return folder
+
+
+def _nan_weights(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = load_file(folder / "model.safetensors")
+    state["fc.weight"][0, 0] = float("inf")
+    save_file(state, folder / "model.safetensors")
+
+
+def _unbuildable(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"] = {"no_such_argument": 1}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "spoil,expected",
+    [
+        (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json: expected a JSON object"),
+        (lambda f: (f / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"garbage!"), "safetensors"),
+        (_nan_weights, "model.safetensors holds NaN or Inf"),
+        (_unbuildable, "config.json does not build test_resnet"),
+    ],
+    ids=["config-not-object", "weights-unreadable", "weights-inf", "config-unbuildable"],
+)
+def test_push_refuses_a_spoilt_export(export_folder, tmp_path, capsys, spoil, expected):
+    capsys.readouterr()
+    folder = _spoilt(export_folder, tmp_path, spoil)
+    before = files_under(tmp_path)
+    message = cli_error(capsys, ["push", str(folder), "--repo-id", "someone/tiny", "--dry-run"])
+    assert expected in message, message
+    assert files_under(tmp_path) == before
+
+
+def test_push_that_the_hub_refuses_names_the_token(export_folder, tmp_path, monkeypatch):
+    """A local server answering 401 to everything stands for a hub that rejects the token."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    from overparam_zoo.errors import PublishError
+    from overparam_zoo.sharing.publish import push_export
+
+    class Refuse(BaseHTTPRequestHandler):
+        def _refuse(self):
+            body = b'{"error": "Invalid credentials in Authorization header"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+        with pytest.raises(
+            PublishError, match=r"^the Hugging Face Hub refused the upload to someone/tiny \(is the token"
+        ):
+            push_export(_spoilt(export_folder, tmp_path, lambda _f: None), "someone/tiny", log=lambda _line: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
