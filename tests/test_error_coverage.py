@@ -1,0 +1,180 @@
+"""Every user-facing error of ``overparam_zoo`` has a test that triggers it.
+
+A *raise site* is every place the package builds an :class:`~overparam_zoo.errors.OverparamZooError`
+(``raise CheckpointError(...)``, or a helper's ``return PublishError(...)`` that a caller raises),
+found by reading the source with :mod:`ast`. Each is named ``module:function:ErrorClass:stem``,
+where *stem* is the first words of the message's literal text, so the name survives edits that
+move lines. ``tests/error_sites.toml`` maps every name to the test that triggers it (or to
+``"untested: <why>"``). This test fails when a site has no entry (a new raise) or an entry names
+no site (a removed or reworded one), and prints the lines to paste.
+
+To see which sites a set of tests really runs (branch coverage), run::
+
+    python3 -m coverage run --branch --source=overparam_zoo -m pytest -q -p no:randomly tests/test_error_paths.py
+    python3 -m tests.test_error_coverage .coverage
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import overparam_zoo.errors as errors_module
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "overparam_zoo"
+SITES_FILE = Path(__file__).with_name("error_sites.toml")
+UNTESTED = "untested: "
+
+ERROR_CLASSES = frozenset(
+    name
+    for name, obj in vars(errors_module).items()
+    if inspect.isclass(obj) and issubclass(obj, errors_module.OverparamZooError)
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place that builds a user-facing error."""
+
+    name: str
+    path: Path
+    line: int
+
+
+def _called_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def _literal_text(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):  # "a" + "b" or implicit joins
+        left, right = _literal_text(node.left), _literal_text(node.right)
+        return None if left is None else left + (right or "{}")
+    return None
+
+
+def _stem(call: ast.Call, words: int = 5) -> str:
+    """The first words of the call's first literal string argument (the message, or a recipe key)."""
+    for arg in call.args:
+        text = _literal_text(arg)
+        if text is not None:
+            return " ".join(re.sub(r"[^\w{}'.=-]+", " ", text).split()[:words])
+    return ""
+
+
+class _Finder(ast.NodeVisitor):
+    def __init__(self, module: str, path: Path) -> None:
+        self.module, self.path, self.scope, self.sites = module, path, [], []
+
+    def _scoped(self, node: ast.AST) -> None:
+        self.scope.append(node.name)  # type: ignore[attr-defined]
+        self.generic_visit(node)
+        self.scope.pop()
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _scoped
+
+    def visit_Call(self, node: ast.Call) -> None:
+        cls = _called_name(node.func)
+        if cls in ERROR_CLASSES:
+            function = ".".join(self.scope) or "<module>"
+            name = f"{self.module}:{function}:{cls}:{_stem(node)}"
+            self.sites.append(Site(name, self.path, node.lineno))
+        self.generic_visit(node)
+
+
+def raise_sites() -> list[Site]:
+    """Every user-facing raise site of the package; repeated names get ``#2``, ``#3``..."""
+    found: list[Site] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "errors.py" and path.parent == PACKAGE:
+            continue  # the classes themselves
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        finder = _Finder(module, path)
+        finder.visit(ast.parse(path.read_text(), str(path)))
+        found += finder.sites
+    seen: dict[str, int] = {}
+    named = []
+    for site in found:
+        seen[site.name] = seen.get(site.name, 0) + 1
+        suffix = f" #{seen[site.name]}" if seen[site.name] > 1 else ""
+        named.append(Site(site.name + suffix, site.path, site.line))
+    return named
+
+
+def listed() -> dict[str, str]:
+    return tomllib.loads(SITES_FILE.read_text())["sites"]
+
+
+def _test_exists(node_id: str) -> bool:
+    file, _, test = node_id.partition("::")
+    path = ROOT / file
+    if not path.is_file():
+        return False
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, ast.FunctionDef) and n.name == test for n in tree.body)
+
+
+def _toml_line(name: str, value: str) -> str:
+    return f'"{name}" = "{value}"'
+
+
+def test_every_raise_site_has_a_test():
+    sites = {s.name: s for s in raise_sites()}
+    entries = listed()
+    missing = [s for name, s in sites.items() if name not in entries]
+    stale = sorted(set(entries) - set(sites))
+    message = []
+    if missing:
+        message.append(f"{len(missing)} raise site(s) with no entry in {SITES_FILE.name}; add a test and these lines:")
+        message += [
+            f"  {_toml_line(s.name, 'tests/test_error_paths.py::test_...')}  # {s.path.relative_to(ROOT)}:{s.line}"
+            for s in missing
+        ]
+    if stale:
+        message.append(f"{len(stale)} entry(ies) in {SITES_FILE.name} name no raise site (removed or reworded):")
+        message += [f"  {name}" for name in stale]
+    assert not message, "\n".join(message)
+
+
+def test_every_listed_test_exists():
+    bad = {name: node for name, node in listed().items() if not node.startswith(UNTESTED) and not _test_exists(node)}
+    assert not bad, f"entries naming tests that do not exist: {bad}"
+    assert all(len(node) > len(UNTESTED) + 10 for node in listed().values() if node.startswith(UNTESTED))
+
+
+def test_the_finder_sees_raises_and_returned_errors():
+    names = {s.name for s in raise_sites()}
+    assert any(n.startswith("overparam_zoo.files:") and ":OutputError:" in n for n in names)
+    assert any(n.startswith("overparam_zoo.checkpoints.reading:_untrusted:CheckpointError:") for n in names)
+
+
+def uncovered(data_file: str) -> list[Site]:
+    """The raise sites whose line no test ran, from a ``coverage run`` data file."""
+    import coverage
+
+    data = coverage.CoverageData(basename=data_file)
+    data.read()
+    ran = {str(Path(f).resolve()): set(data.lines(f) or ()) for f in data.measured_files()}
+    return [s for s in raise_sites() if s.line not in ran.get(str(s.path.resolve()), set())]
+
+
+if __name__ == "__main__":
+    sites = raise_sites()
+    missed = uncovered(sys.argv[1] if len(sys.argv) > 1 else ".coverage")
+    entries = listed()
+    print(f"{len(sites) - len(missed)} of {len(sites)} raise sites ran; never run:")
+    for site in missed:
+        print(f"  {site.name}  ({site.path.relative_to(ROOT)}:{site.line}) -> {entries.get(site.name, 'no entry')}")
