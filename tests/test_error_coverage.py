@@ -4,7 +4,7 @@ A *raise site* is every place the package builds an :class:`~overparam_zoo.error
 (``raise CheckpointError(...)``, or a helper's ``return PublishError(...)`` that a caller raises),
 found by reading the source with :mod:`ast`. Each is named ``module:function:ErrorClass:stem``,
 where *stem* is the first words of the message's literal text, so the name survives edits that
-move lines. ``tests/error_sites.toml`` maps every name to the test that triggers it (or to
+move lines. ``tests/error_sites.json`` maps every name to the test that triggers it (or to
 ``"untested: <why>"``). This test fails when a site has no entry (a new raise) or an entry names
 no site (a removed or reworded one), and prints the lines to paste.
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import re
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import overparam_zoo.errors as errors_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "overparam_zoo"
-SITES_FILE = Path(__file__).with_name("error_sites.toml")
+SITES_FILE = Path(__file__).with_name("error_sites.json")
 UNTESTED = "untested: "
 
 ERROR_CLASSES = frozenset(
@@ -115,7 +115,7 @@ def raise_sites() -> list[Site]:
 
 
 def listed() -> dict[str, str]:
-    return tomllib.loads(SITES_FILE.read_text())["sites"]
+    return json.loads(SITES_FILE.read_text())
 
 
 def _test_exists(node_id: str) -> bool:
@@ -127,8 +127,8 @@ def _test_exists(node_id: str) -> bool:
     return any(isinstance(n, ast.FunctionDef) and n.name == test for n in tree.body)
 
 
-def _toml_line(name: str, value: str) -> str:
-    return f'"{name}" = "{value}"'
+def _json_line(name: str, value: str) -> str:
+    return f"{json.dumps(name)}: {json.dumps(value)},"
 
 
 def test_every_raise_site_has_a_test():
@@ -140,7 +140,7 @@ def test_every_raise_site_has_a_test():
     if missing:
         message.append(f"{len(missing)} raise site(s) with no entry in {SITES_FILE.name}; add a test and these lines:")
         message += [
-            f"  {_toml_line(s.name, 'tests/test_error_paths.py::test_...')}  # {s.path.relative_to(ROOT)}:{s.line}"
+            f"  from {s.path.relative_to(ROOT)}:{s.line}:\n    {_json_line(s.name, 'tests/test_error_paths.py::test_...')}"
             for s in missing
         ]
     if stale:

@@ -4,7 +4,7 @@ and nothing is written.
 
 Black-box on purpose (through the CLI or public functions): the wings under these errors are
 being reworked, and these tests should survive that. Models are tiny (timm's ``test_resnet``,
-torchvision's ``shufflenet_v2_x0_5``). ``tests/error_sites.toml`` maps each raise site to its test.
+torchvision's ``shufflenet_v2_x0_5``). ``tests/error_sites.json`` maps each raise site to its test.
 """
 
 from __future__ import annotations
