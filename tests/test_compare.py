@@ -303,3 +303,26 @@ def test_grayscale_data_is_served_as_rgb_to_a_model_that_takes_rgb():
     train, _ = make_loaders(rgb, TrainSettings(input_size=8))
     assert next(iter(train))[0].shape[1:] == (3, 8, 8)
     assert digits.test[0][0].mode == "L"  # the grayscale data is left as it was
+
+
+@pytest.mark.slow  # two PT2E quantizations: ~25 s
+def test_int8_measures_every_deployed_model(folder, tmp_path, capsys):
+    """``--int8``: each run's deployed model (the stock model, the op model's reloaded export) is
+    quantized; its float32 top-1, measured by the quantizer on the same test split, must equal
+    the top-1 compare measured, and the table gains the INT8 columns."""
+    out = tmp_path / "out"
+    argv = ["--models", OP, "--data-dir", str(folder), "--out", str(out), *TINY, "--seeds", "1"]
+    assert main(["compare", *argv, "--int8", "--calibration-images", "20"]) == 0
+    table = capsys.readouterr().out
+    assert "INT8 top-1 %" in table and "INT8 drop (pp)" in table
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        int8 = run["int8"]
+        float32 = run["deployed"]["top1"] if run["deployed"] else run["top1"]
+        assert int8["float32_top1"] == float32, run["model"]
+        assert int8["drop"] == pytest.approx(int8["float32_top1"] - int8["top1"], abs=1e-12)
+        assert 0 <= int8["agreement"] <= 1 and int8["calibration_images"] == 20
+    assert all(s["int8"]["top1"]["per_seed"] for s in results["models"])
+    with pytest.raises(CompareError, match=r"^calibration_images=0: expected at least 1$"):
+        run_compare([BASE], seeds=1, data_dir=folder, int8=True, calibration_images=0, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -23,7 +23,7 @@ __all__ = ["register", "run", "FLAGS", "default_threads"]
 #: the flag of each ``run_compare`` parameter (and ``TrainSettings`` field), for its errors
 FLAGS: dict[str, str] = {
     **{f"settings.{f.name}": "--" + f.name.replace("_", "-") for f in fields(TrainSettings)},
-    **{name: "--" + name.replace("_", "-") for name in ("models", "seeds", "dataset", "data_dir", "out", "zoo")},
+    **{name: "--" + name.replace("_", "-") for name in ("models", "seeds", "dataset", "data_dir", "out", "zoo", "calibration_images")},
 }
 
 
@@ -69,6 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="compare-out", help="output folder; rerun to resume (default: ./compare-out)")
     parser.add_argument(
         "--keep-exports", action="store_true", help="keep every op run's collapsed export in OUT/exports/"
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantize every deployed model to static INT8 (torchao PT2E) and report its top-1 and drop "
+        "from float32 (pip install 'overparam-zoo[quantize]')",
+    )
+    parser.add_argument(
+        "--calibration-images", type=int, default=512, help="with --int8: training images to calibrate with"
     )
     recipe = parser.add_argument_group("training recipe (the same for every model and seed)")
     recipe.add_argument("--epochs", type=int, default=5)
@@ -138,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
             out=args.out,
             keep_exports=args.keep_exports,
+            int8=args.int8,
+            calibration_images=args.calibration_images,
             zoo=args.zoo,
         )
     print(result.table)

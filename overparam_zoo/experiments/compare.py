@@ -254,6 +254,7 @@ class _Run:
     dataset: str
     loaders: dict[int, tuple[Any, Any]]
     export_dir: Path
+    int8_calibration: int = 0  # training images to calibrate INT8 with; 0: no INT8 measurement
 
     def loaders_for(self, data: ImageData) -> tuple[Any, Any]:
         if data.in_chans not in self.loaders:
@@ -278,6 +279,26 @@ def _deploy(run: _Run, model: nn.Module, data: ImageData, result: Evaluation) ->
         "max_logit_difference": float((again.logits - result.logits).abs().max()),
         "max_collapse_error": exported.max_collapse_error,
         "export_dir": str(exported.out_dir),
+    }
+
+
+def _int8(run: _Run, model: nn.Module, data: ImageData) -> dict[str, Any]:
+    """Static INT8 (torchao PT2E) of the deployed ``model``, calibrated on a fixed subset of the
+    training images with the test preprocessing, measured on the test split against float32."""
+    from timm.data import create_transform
+
+    from overparam_zoo.sharing.quantize import image_batches, quantize_model
+
+    transform = create_transform(**data_config(data, run.settings), is_training=False)
+    calibration = image_batches(data.train, transform, limit=run.int8_calibration, seed=run.seed)
+    quantized = quantize_model(model.cpu(), calibration, run.loaders_for(data)[1], num_classes=data.num_classes)
+    accuracy = quantized.accuracy
+    return {
+        "top1": accuracy.int8_top1,
+        "float32_top1": accuracy.float32_top1,
+        "drop": accuracy.drop,
+        "agreement": accuracy.agreement,
+        "calibration_images": accuracy.calibration_images,
     }
 
 
@@ -312,6 +333,7 @@ def _run_one(run: _Run) -> dict[str, Any]:
         "feature_effective_rank": embedding_effective_rank(result.features),
         "weight_effective_rank": _weight_effective_rank(deployed_model.cpu()),
         "deployed": deployed,
+        "int8": _int8(run, deployed_model, data) if run.int8_calibration else None,
         "run_seconds": time.perf_counter() - start,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -371,6 +393,8 @@ def run_compare(
     keep_exports: bool = False,
     zoo: str | None = None,
     figure: bool = True,
+    int8: bool = False,
+    calibration_images: int = 512,
 ) -> CompareResult:
     """Train ``models`` (each variant with its base) over ``seeds``, resuming from ``out``.
 
@@ -386,6 +410,10 @@ def run_compare(
         zoo: ``"timm"`` or ``"torchvision"``, for names both zoos know (e.g. ``resnet18``); by
             default timm's model is taken.
         figure: draw ``out/compare.png`` (needs matplotlib).
+        int8: also quantize every deployed model (the stock model, or the op model's reloaded
+            export) to static INT8 with torchao and measure its top-1 and drop from float32
+            (needs ``pip install 'overparam-zoo[quantize]'``).
+        calibration_images: with ``int8``, how many training images calibrate each model.
 
     Raises:
         UnknownModelError: for a name no zoo (or not ``zoo``) knows.
@@ -406,6 +434,10 @@ def run_compare(
         require("scipy", "compare", "compare")
     if figure:
         require("matplotlib", "plot", "compare")
+    if int8:
+        require("torchao", "quantize", "compare with int8=True")
+        if calibration_images < 1:
+            raise CompareError(f"calibration_images={calibration_images}: expected at least 1")
     specs = resolve_models(models, zoo)
     data = load_image_folder(data_dir) if data_dir is not None else load_bundled(dataset)
     if settings.batch_size > len(data.train):
@@ -419,12 +451,15 @@ def run_compare(
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         "zoo": zoo,
     }
-    store = RunStore(out, {**source, **asdict(settings), "scale": list(settings.scale)})
+    quantization = {"calibration_images": calibration_images} if int8 else {}  # resuming without int8 keeps them
+    store = RunStore(out, {**source, **asdict(settings), "scale": list(settings.scale), **quantization})
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # the same for every run, so wall times compare
     try:
-        runs, trained, resumed = _run_missing(specs, seed_list, store, data, settings, keep_exports, source["dataset"])
+        runs, trained, resumed = _run_missing(
+            specs, seed_list, store, data, settings, keep_exports, source["dataset"], quantization.get("calibration_images", 0)
+        )
     finally:
         torch.set_num_threads(threads)
     summaries = _write_results(out, specs, seed_list, runs, data, settings)
@@ -458,6 +493,7 @@ def _run_missing(
     settings: TrainSettings,
     keep_exports: bool,
     dataset: str | None,
+    int8_calibration: int = 0,
 ) -> tuple[dict[tuple[str, int], dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
     """Every (model, seed) run: loaded when ``store`` has it, otherwise trained and saved at once."""
     out = store.out
@@ -476,7 +512,7 @@ def _run_missing(
                 continue
             progress.note(f"{spec.name} seed {seed}")
             export_dir = out / "exports" / spec.name / f"seed{seed}"
-            record = _run_one(_Run(spec, seed, data, settings, dataset or "", loaders, export_dir))
+            record = _run_one(_Run(spec, seed, data, settings, dataset or "", loaders, export_dir, int8_calibration))
             if spec.is_variant and not keep_exports:
                 _remove_export(export_dir, out)
                 record["deployed"]["export_dir"] = None

@@ -88,6 +88,13 @@ def summarize_model(runs: Sequence[dict[str, Any]], base_runs: Sequence[dict[str
             "predictions_equal": all(r["deployed"]["predictions_equal"] for r in runs),
             "max_logit_difference": max(r["deployed"]["max_logit_difference"] for r in runs),
         }
+    if all(r.get("int8") for r in runs):  # compare --int8 (runs made without it have none)
+        summary["int8"] = {
+            "top1": _stats([r["int8"]["top1"] for r in runs]),
+            "drop": _stats([r["int8"]["drop"] for r in runs]),
+            "agreement": _stats([r["int8"]["agreement"] for r in runs]),
+            "calibration_images": first["int8"]["calibration_images"],
+        }
     if base_runs:
         base_seconds = _stats([r["train_seconds"] for r in base_runs])["mean"]
         summary["time_ratio"] = train_seconds["mean"] / base_seconds
@@ -149,10 +156,22 @@ HEADER = [
 ]
 
 
+INT8_HEADER = ["INT8 top-1 %", "INT8 drop (pp)", "INT8 agreement %"]
+
+
+def _int8_cells(s: dict[str, Any]) -> list[str]:
+    int8 = s.get("int8")
+    if int8 is None:
+        return ["—"] * len(INT8_HEADER)
+    return [_pm(int8["top1"], 100), _pm(int8["drop"], 100), _pm(int8["agreement"], 100)]
+
+
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
-    """One row per model, in the comparison's order."""
-    rows = [HEADER] + [_row(s) for s in summaries]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    """One row per model, in the comparison's order; INT8 columns when any model has them."""
+    int8 = any(s.get("int8") for s in summaries)
+    rows = [HEADER + (INT8_HEADER if int8 else [])]
+    rows += [_row(s) + (_int8_cells(s) if int8 else []) for s in summaries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
