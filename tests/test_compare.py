@@ -252,7 +252,10 @@ def test_ema_and_amp_train_and_evaluate(folder):
     train, test = make_loaders(load_image_folder(folder), settings)
     torch.manual_seed(0)
     model = timm.create_model(OP, num_classes=3)
+    dtypes = set()  # what the classifier computes in during training: bfloat16 only if autocast is on
+    model.get_classifier().register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
     trained = train_model(model, train, settings)
+    assert dtypes == {torch.bfloat16}
     assert trained.model is not model and trained.seconds > 0  # the EMA copy is what gets evaluated
     ema, raw = trained.model.state_dict(), model.state_dict()
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # an average, not a copy of the last step
