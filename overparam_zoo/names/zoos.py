@@ -3,8 +3,10 @@
 Everything zoo-specific lives here, behind :class:`Zoo`: whether a name is a model, building
 one, registering an op variant (so ``timm.create_model``/``torchvision.models.get_model`` find
 it), the input size to probe a model with, the class count and input channels a state dict
-implies, and the ``config.json`` that describes a model. :mod:`overparam_zoo.names.registry` is the
-only user; the rest of the package asks the registry.
+implies, and the ``config.json`` that describes a model. The registry decides which zoo a
+name belongs to; the modules that then need zoo-specific behaviour (export, verify, the model
+card, loading, compare) ask the :class:`Zoo` it names, and only this module imports torchvision
+(an import-linter contract).
 """
 
 from __future__ import annotations
