@@ -329,3 +329,32 @@ def test_int8_measures_every_deployed_model(folder, tmp_path, capsys):
     with pytest.raises(CompareError, match=r"^calibration_images=0: expected at least 1$"):
         run_compare([BASE], seeds=1, data_dir=folder, int8=True, calibration_images=0, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_seed_lists_zoos_channels_and_classifiers_are_named(folder, tmp_path):
+    from overparam_zoo.errors import AnalysisError, DataError
+    from overparam_zoo.experiments.training import check_classifier
+
+    for seeds in ([], [0, 0], [-1]):
+        with pytest.raises(CompareError, match=r"^seeds=.*: expected distinct seeds >= 0, at least one$"):
+            run_compare([BASE], seeds=seeds, data_dir=folder, out=tmp_path / "o")
+    with pytest.raises(CompareError, match=r"^zoo=keras: expected one of timm, torchvision$"):
+        run_compare([BASE], seeds=1, data_dir=folder, zoo="keras", out=tmp_path / "o")
+    rgb = load_image_folder(folder)
+    with pytest.raises(DataError, match=r"has 3-channel images; expected a model that takes 3 .*not 1$"):
+        rgb.with_channels(1)
+    with pytest.raises(AnalysisError, match=r"^model: a Sequential has no Linear layer"):
+        check_classifier(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Flatten()))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_finished_run_is_named_not_averaged(compared, folder, tmp_path):
+    finished, _, _ = compared
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("exports"))
+    broken = out / "runs" / OP / "seed0.json"
+    broken.write_text('{"model": ')
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
+    with pytest.raises(CompareError, match=rf"^{broken}: not a finished run .*delete it to redo the run$"):
+        run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
+    assert broken.read_text() == '{"model": '
