@@ -32,7 +32,9 @@ def _seed():
 
 
 #: set by pytest itself, and by sklearn/joblib/threadpoolctl on import and torch's inductor on compile
-_OTHERS_ENV = frozenset({"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"})
+_OTHERS_ENV = frozenset(
+    {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
+)
 
 
 def _process_state() -> dict[str, object]:
