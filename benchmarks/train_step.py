@@ -177,6 +177,9 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, o
         return t
 
     _prepare(model, opts).train()
+    if opts.path_choice == "measure":
+        with _autocast(opts):  # settle the choice first: its timing runs save tensors of their own
+            F.cross_entropy(model(x), y)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(opts):
         loss = F.cross_entropy(model(x), y)
     del loss
