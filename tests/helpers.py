@@ -1,8 +1,9 @@
 """Shared test helpers (imported as ``from .helpers import ...``; fixtures live in conftest.py)."""
 
 import torch
+from torch import nn
 
-from overparam import OverparamChain
+from overparam import OverparamChain, overparameterize
 
 
 def randomize_(layer: OverparamChain, seed: int = 0) -> OverparamChain:
@@ -23,3 +24,19 @@ def randomize_(layer: OverparamChain, seed: int = 0) -> OverparamChain:
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def tiny_op_net(batch_norm: bool) -> nn.Module:
+    """Three stock layers (fan-in 27, 72 and 16) with a stock BN, every layer a d2 chain; seeded."""
+    torch.manual_seed(0)
+    base = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    return overparameterize(base, depth=2, batch_norm=batch_norm)

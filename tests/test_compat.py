@@ -19,7 +19,7 @@ from torch import nn
 import overparam_zoo  # noqa: F401  (registers resnet18_op_d2 etc. and chains as timm fx leaves)
 from overparam import OverparamChain, collapse, collapsed_state_dict, overparameterize
 
-from .helpers import relative_error
+from .helpers import relative_error, tiny_op_net
 
 
 def op_resnet18(batch_norm: bool = False) -> nn.Module:
@@ -197,26 +197,12 @@ def test_channels_last_train_step_and_eval(batch_norm):
 
 
 # --------------------------------------------------------------------------- torch.compile
-def tiny_op_model(batch_norm: bool) -> nn.Module:
-    base = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )
-    return overparameterize(base, depth=2, batch_norm=batch_norm)
-
-
 def check_compiled_train_and_eval(backend: str, batch_norm: bool, steps: int) -> int:
     """Train and evaluate a compiled op model next to an eager copy; return compiled graphs."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    model = tiny_op_model(batch_norm)
+    model = tiny_op_net(batch_norm)
     eager = copy.deepcopy(model)
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, backend=counter, fullgraph=True)  # fullgraph: no graph breaks

@@ -35,11 +35,10 @@ from overparam import (
     OverparamLinear,
     collapsed_state_dict,
     expand_pretrained,
-    overparameterize,
 )
 from overparam_zoo.sharing.export import export_collapsed
 
-from .helpers import randomize_, relative_error
+from .helpers import randomize_, relative_error, tiny_op_net
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -117,22 +116,6 @@ def test_cuda_collapse_grid_float64_without_tf32():
 
 
 # ----------------------------------------------------------------------- mixed precision
-def tiny_net(batch_norm: bool) -> nn.Module:
-    """Three stock layers (fan-in 27, 72 and 16) with a stock BN; every layer a d2 chain."""
-    torch.manual_seed(0)
-    base = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )
-    return overparameterize(base, depth=2, batch_norm=batch_norm)
-
-
 TINY = {"layers": 3, "depth": 2, "fan_in": 72}
 
 
@@ -144,7 +127,7 @@ def check_amp_train_step(device: str, dtype: torch.dtype, batch_norm: bool) -> N
     """One SGD step under autocast (with ``GradScaler`` for float16) against float32: the loss
     and the unscaled gradients agree within :func:`tolerance`, every factor gets a finite,
     non-zero gradient, and the step is taken (no overflow skipped it)."""
-    model = tiny_net(batch_norm).to(device).train()
+    model = tiny_op_net(batch_norm).to(device).train()
     reference = copy.deepcopy(model)
     x = torch.randn(8, 3, 16, 16, device=device)
     y = torch.arange(8, device=device) % 10
@@ -195,7 +178,7 @@ def check_eval_cache_moves(moves: list[tuple[Callable[[nn.Module], nn.Module], s
     """After each move the cached collapsed weights are dropped and rebuilt on the new device
     and dtype; the output agrees with a float64 CPU reference within :func:`tolerance`, and an
     in-place update of a factor on the new device is seen by the next eval forward."""
-    model = tiny_net(batch_norm=True)
+    model = tiny_op_net(batch_norm=True)
     for chain in model.modules():
         if isinstance(chain, OverparamChain):
             randomize_(chain)
@@ -252,7 +235,7 @@ def check_compiled_train_and_eval(device: str, backend: str, batch_norm: bool, s
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    model = tiny_net(batch_norm).to(device)
+    model = tiny_op_net(batch_norm).to(device)
     eager = copy.deepcopy(model)
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, backend=counter, fullgraph=True)
