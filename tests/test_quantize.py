@@ -4,6 +4,7 @@ The fast tests use untrained exports of ``test_resnet`` (bad input, the op-model
 ones train ``test_resnet_op_d2`` briefly on the digits so that accuracy means something.
 """
 
+import argparse
 import copy
 import hashlib
 import json
@@ -299,16 +300,22 @@ def test_without_torchao_the_command_names_the_extra(untrained_export):
     )
 
 
-def test_an_image_folder_in_train_py_layout_calibrates_and_evaluates(tmp_path, capsys):
+def train_py_folder(root):
+    """timm train.py's layout: 6 train and 2 validation random 20x20 RGB PNGs for each of 3 classes."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 6), ("validation", 2)):
         for c in range(3):
-            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            (root / split / f"class{c}").mkdir(parents=True)
             for i in range(count):
                 image = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
-                Image.fromarray(image).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+                Image.fromarray(image).save(root / split / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_in_train_py_layout_calibrates_and_evaluates(tmp_path, capsys):
+    train_py_folder(tmp_path / "data")
     metadata = ExportMetadata(
         data_config=dict(input_size=(3, SIZE, SIZE), crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, **BILINEAR_CENTER)
     )
@@ -319,6 +326,33 @@ def test_an_image_folder_in_train_py_layout_calibrates_and_evaluates(tmp_path, c
     record = json.loads((folder / "config.json").read_text())["overparam_zoo"]["int8"]
     assert (record["calibration_images"], record["evaluation_images"]) == (18, 6)
     assert record["dataset"] == f"folder:{tmp_path / 'data'}" and (folder / INT8_NAME).is_file()
+
+
+def test_the_export_the_train_py_hook_writes_quantizes(tmp_path, capsys, checkpoint_saver_hook):
+    """What ``--device-modules overparam_zoo.export_on_save`` writes during a train.py run: its
+    preprocessing comes from train.py's args, and quantize calibrates and evaluates through it."""
+    from timm.utils import CheckpointSaver
+
+    data = train_py_folder(tmp_path / "data")
+    args = argparse.Namespace(
+        data_dir=str(data), model="test_resnet_op_d2", num_classes=3, img_size=SIZE, mean=[0.5] * 3,
+        std=[0.25] * 3, interpolation="bilinear", crop_pct=1.0, eval_metric="top1",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model("test_resnet_op_d2", num_classes=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(run)).save_checkpoint(
+        0, metric=1.0
+    )
+    folder = run / "collapsed-best"
+    assert main(["quantize", str(folder), "--data-dir", str(data)]) == 0
+    assert "calibrated on 18 training images" in capsys.readouterr().out
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"] == [3, SIZE, SIZE]  # train.py's --img-size, not the base's
+    assert config["overparam_zoo"]["int8"]["evaluation_images"] == 6
+    program = torch.export.load(folder / INT8_NAME).module()
+    assert program(torch.randn(5, 3, SIZE, SIZE)).shape == (5, 3)
 
 
 # --- the record in config.json and the card ---------------------------------------------------------
