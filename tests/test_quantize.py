@@ -342,9 +342,8 @@ def test_the_export_the_train_py_hook_writes_quantizes(tmp_path, capsys, checkpo
     model = create_model("test_resnet_op_d2", num_classes=3)
     run = tmp_path / "run"
     run.mkdir()
-    CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(run)).save_checkpoint(
-        0, metric=1.0
-    )
+    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(run))
+    saver.save_checkpoint(0, metric=1.0)
     folder = run / "collapsed-best"
     assert main(["quantize", str(folder), "--data-dir", str(data)]) == 0
     assert "calibrated on 18 training images" in capsys.readouterr().out
