@@ -91,7 +91,8 @@ def from_stock(
             (default ``[k, 1, ...]``).
         init: ``"match"`` draws factors whose effective weight has the std of the layer's
             current weight (which carries the architecture's own init) and copies its bias;
-            ``"default"`` uses the stock default init scale.
+            ``"default"`` uses the stock default init scale. Either is multiplied by the
+            ``init_scale`` option.
         chain_class: the chain class to build, for converters of stock subclasses whose
             forward or ``fuse()`` differ (default: the matching ``Overparam*`` class).
         **option_kwargs: chain options by name (``depth=2``, ...), applied over ``options``.
@@ -144,7 +145,7 @@ def from_stock(
     if init == "match":
         with torch.no_grad():
             std = float(layer.weight.detach().double().std(unbiased=False)) if layer.weight.numel() > 1 else 0.0
-        init_chain_(chain, weight_std=std, bias=None if layer.bias is None else layer.bias.detach())
+        init_chain_(chain, weight_std=opts.init_scale * std, bias=None if layer.bias is None else layer.bias.detach())
     elif init != "default":
         raise ValueError(f"init must be 'match' or 'default', got {init!r}")
     return chain.train(layer.training)
@@ -325,7 +326,8 @@ def overparameterize(
     The seed API (``model = overparameterize(model, depth=2, batch_norm=True)``). Layers that
     cannot be converted are named in a warning, never skipped silently; :func:`convert_model`
     returns the full report. ``options`` are the other chain options (``width``,
-    ``batch_norm``, ``residual``, ``residual_intervals``); the rest are :func:`convert_model`'s
+    ``batch_norm``, ``residual``, ``residual_intervals``, ``kernel_sizes``, ``init_scale``); the
+    rest are :func:`convert_model`'s
     arguments; ``verbose`` prints the summary.
     """
     report = convert_model(

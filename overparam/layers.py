@@ -4,6 +4,8 @@ Argument names and semantics follow the paper's code (minyoungg/overparam): ``wi
 the hidden channels (``int(out * width)``), ``kernel_sizes=k`` means ``[k, 1, ..., 1]``,
 ``residual_intervals=n`` adds ``x_{m-n}`` into ``x_m`` for ``m = n, 2n, ...`` (``-1``: one
 skip over the whole chain). Batch norm follows every factor, as in the paper's code.
+``init_scale`` (not in the paper's code) starts the effective weight at a multiple of the
+stock layer's default scale.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .chain import OverparamChain
-from .init import init_chain_
+from .init import default_weight_std, init_chain_
 from .options import ChainOptions
 from .plan import make_plan
 
@@ -19,11 +21,19 @@ __all__ = ["OverparamLinear", "OverparamConv1d", "OverparamConv2d", "OverparamCo
 
 
 class _OverparamLayer(OverparamChain):
-    """What the public layers share: factors drawn at the stock layer's default scale."""
+    """What the public layers share: factors drawn at ``init_scale`` times the stock layer's
+    default scale."""
+
+    init_scale: float = 1.0
 
     def reset_parameters(self) -> None:
-        """Factors drawn so the effective weight matches ``nn.Linear``/``nn.ConvNd``'s default scale."""
-        init_chain_(self)
+        """Factors drawn so the effective weight has ``init_scale`` times the std of
+        ``nn.Linear``/``nn.ConvNd``'s default init (the bias keeps the stock default)."""
+        init_chain_(self, weight_std=self.init_scale * default_weight_std(self))
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.init_scale == 1 else f"{s}, init_scale={self.init_scale}"
 
 
 class OverparamLinear(_OverparamLayer):
@@ -41,6 +51,8 @@ class OverparamLinear(_OverparamLayer):
         batch_norm: a ``BatchNorm1d`` after every factor (forces the expanded path in training).
         residual: add identity skips (need equal feature counts at both ends).
         residual_intervals: an int or list of skip intervals; ``-1`` spans the whole chain.
+        init_scale: the effective weight starts at ``init_scale`` times ``nn.Linear``'s default
+            scale (see :class:`~overparam.options.ChainOptions`); ``1`` is the stock scale.
     """
 
     def __init__(
@@ -54,15 +66,17 @@ class OverparamLinear(_OverparamLayer):
         residual: bool = False,
         residual_intervals: int | Sequence[int] = 2,
         *,
+        init_scale: float = 1.0,
         device=None,
         dtype=None,
     ) -> None:
-        options = ChainOptions(depth, width, batch_norm, residual, residual_intervals)
+        options = ChainOptions(depth, width, batch_norm, residual, residual_intervals, init_scale=init_scale)
         plan = make_plan(in_features, out_features, ndim=0, options=options, bias=bias)
         super().__init__(plan, device=device, dtype=dtype)
         self.in_features = in_features
         self.out_features = out_features
         self.width = width
+        self.init_scale = options.init_scale
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -89,10 +103,11 @@ class _OverparamConvNd(_OverparamLayer):
         residual: bool = False,
         residual_intervals: int | Sequence[int] = 2,
         *,
+        init_scale: float = 1.0,
         device=None,
         dtype=None,
     ) -> None:
-        options = ChainOptions(depth, width, batch_norm, residual, residual_intervals, kernel_sizes)
+        options = ChainOptions(depth, width, batch_norm, residual, residual_intervals, kernel_sizes, init_scale)
         plan = make_plan(
             in_channels,
             out_channels,
@@ -116,6 +131,7 @@ class _OverparamConvNd(_OverparamLayer):
         self.groups = groups
         self.padding_mode = padding_mode
         self.width = width
+        self.init_scale = options.init_scale
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -165,6 +181,8 @@ class OverparamConv2d(_OverparamConvNd):
         batch_norm: a ``BatchNorm`` after every factor (forces the expanded path in training).
         residual: add identity skips (equal channels, even receptive-field growth).
         residual_intervals: an int or list of skip intervals; ``-1`` spans the whole chain.
+        init_scale: the effective weight starts at ``init_scale`` times ``nn.Conv2d``'s default
+            scale (see :class:`~overparam.options.ChainOptions`); ``1`` is the stock scale.
     """
 
     _ndim = 2

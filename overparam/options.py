@@ -1,7 +1,7 @@
 """Chain options: how one layer is over-parameterized, declared and validated once.
 
 The layers, :func:`overparam.from_stock`, :func:`overparam.convert_model` and the zoo's recipe
-loader all take these six options; each builds a :class:`ChainOptions`, whose validator is the
+loader all take these seven options; each builds a :class:`ChainOptions`, whose validator is the
 only place that says what a valid value is. Checks that need the layer (kernel tuples of the
 right length, a depth that agrees with a kernel list, skips the shape can carry) stay in
 :func:`overparam.plan.make_plan`.
@@ -71,6 +71,13 @@ class ChainOptions:
             for ``m = n, 2n, ...``; ``-1`` is one skip over the whole chain.
         kernel_sizes: an int ``k`` (``[k, 1, ..., 1]``) or one kernel size (int or per-dim
             sequence) per factor; a list sets the depth. Ignored by Linear layers.
+        init_scale: the effective weight starts at ``init_scale`` times the stock layer's
+            scale (its default init, or with ``init="match"`` the std of the weight it
+            replaces); the factors share the factor ``init_scale ** (1 / depth)``. Below 1 it
+            starts the chain small, where depth's pull towards low rank is strongest (deep
+            matrix factorization); ``0`` starts the effective weight at exactly zero (the
+            last factor is zero, so gradients still reach every factor). Only the starting
+            point: the bias, the exact collapse and ``init="expand"`` are unchanged by it.
     """
 
     depth: int | None = None
@@ -79,6 +86,7 @@ class ChainOptions:
     residual: bool = False
     residual_intervals: int | tuple[int, ...] = 2
     kernel_sizes: KernelSizes | None = None
+    init_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.depth is not None and not _is_positive_int(self.depth):
@@ -86,6 +94,9 @@ class ChainOptions:
         width = self.width
         if not isinstance(width, (int, float)) or isinstance(width, bool) or not math.isfinite(width) or width <= 0:
             raise ChainOptionError("width", width, "a positive number")
+        scale = self.init_scale
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
+            raise ChainOptionError("init_scale", scale, "a finite number >= 0 (1: the stock layer's scale)")
         for name in ("batch_norm", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ChainOptionError(name, getattr(self, name), "a bool (true or false)")

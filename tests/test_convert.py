@@ -134,6 +134,21 @@ def test_match_init_keeps_architecture_scale_and_bias():
     assert torch.equal(model.fc.bias.detach(), stock.fc.bias)
 
 
+def test_init_scale_through_overparameterize_and_convert_model():
+    stock = timm.create_model("resnet18", num_classes=100)
+    model = overparameterize(copy.deepcopy(stock), depth=3, init_scale=0.1)
+    for name in ("conv1", "layer2.0.conv1", "layer4.1.conv2", "fc"):
+        ratio = float(model.get_submodule(name).weight.detach().std() / stock.get_submodule(name).weight.std())
+        assert 0.08 < ratio < 0.125, (name, ratio)
+    assert torch.equal(model.fc.bias.detach(), stock.fc.bias)
+    # expanding pretrained weights ignores it: the chain computes the stock layer exactly
+    expanded = copy.deepcopy(stock).double()
+    convert_model(expanded, depth=2, init="expand", init_scale=0.1)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert relative_error(expanded.eval()(x), stock.double().eval()(x)) < 1e-10
+
+
 def test_single_layer_and_zero_init():
     layer = nn.Linear(4, 3)
     nn.init.zeros_(layer.weight)

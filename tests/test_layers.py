@@ -308,3 +308,45 @@ def test_train_path_override_validation():
         layer.train_path = "composed"
     with pytest.raises(ValueError, match="train_path"):
         layer.train_path = "fast"
+
+
+_SCALED_LAYERS = [
+    (lambda s: OverparamLinear(256, 128, depth=3, init_scale=s), lambda: nn.Linear(256, 128)),
+    (lambda s: OverparamConv1d(32, 64, kernel_sizes=3, depth=2, init_scale=s), lambda: nn.Conv1d(32, 64, 3)),
+    (lambda s: OverparamConv2d(64, 64, kernel_sizes=3, padding=1, depth=4, init_scale=s), lambda: nn.Conv2d(64, 64, 3)),
+    (lambda s: OverparamConv3d(16, 32, kernel_sizes=[2, 2], init_scale=s), lambda: nn.Conv3d(16, 32, 3)),
+]
+
+
+@pytest.mark.parametrize("make,stock", _SCALED_LAYERS)
+@pytest.mark.parametrize("scale", [0.1, 0.01])
+def test_init_scale_multiplies_the_stock_scale_on_every_layer_type(make, stock, scale):
+    torch.manual_seed(0)
+    chain = make(scale)
+    ratio = float(chain.weight.detach().std() / stock().weight.std())
+    assert 0.85 * scale < ratio < 1.15 * scale, (chain, ratio)
+    assert f"init_scale={scale}" in repr(chain)
+    bound = 1 / chain.plan.fan_in**0.5  # the bias keeps the stock default
+    assert bound / 2 < chain.bias.abs().max() <= bound
+
+
+@pytest.mark.parametrize("make,_stock", _SCALED_LAYERS)
+def test_init_scale_zero_starts_at_zero_and_every_factor_gets_gradients(make, _stock):
+    chain = make(0.0).train()
+    assert torch.count_nonzero(chain.weight) == 0
+    x = torch.randn(4, chain.plan.in_channels, *([6] * chain.plan.ndim))
+    chain.train_path = "expanded"
+    (chain(x) ** 2).sum().backward()
+    assert all(f.weight.grad is not None for f in chain.factors)
+    assert chain.factors[-1].weight.grad.abs().sum() > 0
+
+
+def test_small_init_scale_keeps_the_collapse_exact():
+    exact(OverparamConv2d(4, 6, kernel_sizes=[3, 3], padding=2, batch_norm=True, init_scale=1e-3), torch.randn(2, 4, 9, 8))
+    exact(OverparamLinear(5, 7, depth=4, init_scale=1e-2), torch.randn(3, 5))
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), True, "small"])
+def test_invalid_init_scale_is_refused(bad):
+    with pytest.raises(ValueError, match=r"init_scale must be a finite number >= 0 \(1: the stock layer's scale\)"):
+        OverparamLinear(3, 4, init_scale=bad)

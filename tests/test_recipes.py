@@ -68,6 +68,12 @@ def test_good_recipe_and_rule_semantics(tmp_path):
         (GOOD.replace("bases: [resnet18]", "bases: []"), "bases", "expected a non-empty string or list"),
         ("- 1\n- 2", "<top>", "expected a mapping"),
         ("zoo: [unclosed", "<file>", "not valid YAML"),
+        (GOOD.replace("tag: bn, batch_norm: true", "tag: s, init_scale: -1"), r"variants\[1\]\.init_scale", ">= 0"),
+        (
+            GOOD.replace('{match: "fc", depth: 3}', '{match: "fc", init_scale: small}'),
+            r"layers\[0\]\.init_scale",
+            "got 'small'; expected a finite number >= 0",
+        ),
         (
             GOOD.replace('{match: "fc", depth: 3}', '{match: "fc", residual_intervals: [0]}'),
             r"layers\[0\]\.residual_intervals",
@@ -109,3 +115,18 @@ def test_rule_that_matches_nothing(tmp_path):
     variant = load_recipe(write(tmp_path, text)).variants()[0]
     with pytest.raises(RecipeError, match=r"layers\[0\]: matches no layer of resnet18"):
         check_variant(variant)
+
+
+def test_init_scale_in_a_recipe_starts_the_variant_small(tmp_path):
+    text = GOOD.replace("tag: bn, batch_norm: true", "tag: small, init_scale: 0.1")
+    variant = next(v for v in load_recipe(write(tmp_path, text)).variants() if v.tag == "small")
+    torch.manual_seed(0)
+    stock = timm.create_model("resnet18")
+    model = timm.create_model("resnet18")
+    apply_variant(model, variant)
+    for name in ("conv1", "layer2.0.conv1", "layer4.1.conv2", "fc"):
+        chain, layer = model.get_submodule(name), stock.get_submodule(name)
+        assert chain.init_scale == 0.1
+        ratio = float(chain.weight.detach().std() / layer.weight.std())
+        assert 0.08 < ratio < 0.125, (name, ratio)
+    assert model.fc.depth == 3  # the rule's options on top of the variant's
