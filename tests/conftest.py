@@ -31,9 +31,16 @@ def _seed():
     torch.manual_seed(0)
 
 
-#: set by pytest itself, and by sklearn/joblib/threadpoolctl on import and torch's inductor on compile
+#: set by pytest itself, by sklearn/joblib/threadpoolctl on import, and by torch's inductor on compile
+#: (and its cache folder on the first optimizer step of a process)
 _OTHERS_ENV = frozenset(
-    {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
+    {
+        "PYTEST_CURRENT_TEST",
+        "KMP_DUPLICATE_LIB_OK",
+        "KMP_INIT_AT_FORK",
+        "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+        "TORCHINDUCTOR_CACHE_DIR",
+    }
 )
 
 

@@ -358,3 +358,105 @@ def test_a_corrupt_finished_run_is_named_not_averaged(compared, folder, tmp_path
     with pytest.raises(CompareError, match=rf"^{broken}: not a finished run .*delete it to redo the run$"):
         run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
     assert broken.read_text() == '{"model": '
+
+
+def test_training_subsets_are_stratified_nested_and_leave_the_test_split_alone(folder):
+    from overparam_zoo.errors import DataError
+    from overparam_zoo.experiments.datasets import class_targets, split_validation, training_subset
+
+    digits = load_bundled("digits")
+    ten, twenty = training_subset(digits, 10, seed=0), training_subset(digits, 20, seed=0)
+    assert np.bincount(class_targets(ten.train)).tolist() == [10] * 10
+    assert ten.test is digits.test and twenty.test is digits.test
+    rows = {image.tobytes() for image in twenty.train.images}
+    assert all(image.tobytes() in rows for image in ten.train.images)  # nested at one seed
+    other = training_subset(digits, 10, seed=1)
+    assert {i.tobytes() for i in other.train.images} != {i.tobytes() for i in ten.train.images}
+    quarter = training_subset(digits, 0.25, seed=0)
+    full = np.bincount(class_targets(digits.train))
+    assert np.bincount(class_targets(quarter.train)).tolist() == [round(0.25 * n) for n in full]
+    assert training_subset(digits, None, seed=0) is digits
+    smallest = int(full.min())
+    with pytest.raises(DataError, match=rf"^train_size=500 images per class: expected 1 to {smallest} \("):
+        training_subset(digits, 500, seed=0)
+    with pytest.raises(DataError, match=r"^train_size=1.5: expected a fraction in \(0, 1\]"):
+        training_subset(digits, 1.5, seed=0)
+    with pytest.raises(DataError, match=r"^train_size='10': expected images per class \(an int >= 1\)"):
+        training_subset(digits, "10", seed=0)
+    with pytest.raises(DataError, match="^a TensorDataset does not list its images' classes; expected bundled data"):
+        class_targets(torch.utils.data.TensorDataset(torch.zeros(2, 1)))
+    # a validation split carved from the training images: disjoint, together the training set
+    carved = split_validation(ten, 0.2, seed=0)
+    held = [i.tobytes() for i in carved.test.images]
+    kept = [i.tobytes() for i in carved.train.images]
+    assert np.bincount(class_targets(carved.test)).tolist() == [2] * 10
+    assert not set(held) & set(kept) and sorted(held + kept) == sorted(i.tobytes() for i in ten.train.images)
+    with pytest.raises(DataError, match="a class has 1 training image; expected at least 2"):
+        split_validation(training_subset(digits, 1, seed=0), 0.2, seed=0)
+    # an image folder read by timm: the same, keeping timm's dataset type
+    images = load_image_folder(folder)
+    part = training_subset(images, 4, seed=0)
+    assert type(part.train) is type(images.train) and len(part.train) == 12 and len(images.train) == 36
+    assert np.bincount(class_targets(part.train)).tolist() == [4, 4, 4]
+
+
+def test_learning_curve_with_an_lr_sweep_on_an_image_folder(folder, tmp_path, capsys):
+    out = tmp_path / "curve"
+    argv = ["compare", "--models", OP, "--data-dir", str(folder), "--out", str(out), "--seeds", "2"]
+    argv += ["-b", "6", "--input-size", "16", "--warmup-epochs", "0", "--threads", "1", "--updates", "4"]
+    argv += ["--train-size", "4", "all", "--lr-sweep", "1e-3", "1e-2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "learning curve" in printed and "4-per-class (12 images)" in printed and "all (36 images)" in printed
+    curve = json.loads((out / "learning_curve.json").read_text())
+    assert [(s["train_size"], s["train_images"], s["complete"]) for s in curve["sizes"]] == [
+        ("4-per-class", 12, True),
+        ("all", 36, True),
+    ]
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for size, images, epochs in (("4-per-class", 12, 2), ("all", 36, 1)):  # 4 updates: 2 and 6 batches an epoch
+        results = json.loads((out / f"train-{size}" / "results.json").read_text())
+        assert results["data"]["test_images"] == 12  # the same test split for every size
+        assert results["settings"]["epochs"] == epochs
+        for model in (BASE, OP):
+            chosen = results["learning_rates"][model]
+            candidates = chosen["candidates"]
+            assert [c["lr"] for c in candidates] == [1e-3, 1e-2]
+            # the validation split is carved from this size's training images, never the test split
+            assert all(c["validation_images"] + c["train_images"] == images for c in candidates)
+            best = max(candidates, key=lambda c: (c["validation_top1"], -c["validation_loss"]))
+            assert chosen["lr"] == best["lr"]
+            runs = [r for r in results["runs"] if r["model"] == model]
+            assert [r["lr"] for r in runs] == [chosen["lr"]] * 2
+            assert all(r["train_images"] == images and len(r["train_loss_by_epoch"]) == epochs for r in runs)
+            assert all(0 <= r["train_top1"] <= 1 and r["train_loss"] > 0 for r in runs)
+        summary = next(s for s in results["models"] if s["model"] == OP)
+        assert summary["fit"]["lr"] == results["learning_rates"][OP]["lr"]
+    assert main(argv) == 0  # everything resumes
+    assert "runs: 0 trained now, 8 resumed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--train-size", "0"], "--train-size 0: expected images per class (an int >= 1), a fraction in (0, 1]"),
+        (["--train-size", "13"], "--train-size 13 images per class: expected 1 to 12 (the smallest class"),
+        (["--train-size", "4", "4"], "--train-size ['4-per-class', '4-per-class']: expected each size once"),
+        (["--train-size", "0.0"], "--train-size 0.0: expected a fraction in (0, 1], or images per class as an int"),
+        (["--lr-sweep", "0.1", "-1"], "--lr-sweep [0.1, -1.0]: expected one or more distinct positive learning"),
+        (["--lr-sweep", "0.1", "0.1"], "--lr-sweep [0.1, 0.1]: expected one or more distinct positive learning"),
+        (["--lr-sweep", "0.1", "--validation-fraction", "1"], "--validation-fraction 1.0: expected a fraction in (0, 1)"),
+        (["--updates", "0"], "--updates 0: expected at least 1"),
+        (["--train-size", "2", "--lr-sweep", "0.1"], "larger than the 3 images the learning-rate sweep trains on"),
+    ],
+)
+def test_bad_learning_curve_options_are_named(folder, tmp_path, capsys, extra, message):
+    argv = ["--models", OP, "--data-dir", str(folder), "--out", str(tmp_path / "o"), "-b", "4", *extra]
+    assert message in _cli_error(argv, capsys)
+
+
+def test_a_learning_curve_needs_sizes(folder, tmp_path):
+    from overparam_zoo.experiments.compare import run_learning_curve
+
+    with pytest.raises(CompareError, match=r"^train_sizes=\[\]: expected at least one training-set size$"):
+        run_learning_curve([OP], [], data_dir=folder, out=tmp_path / "o")

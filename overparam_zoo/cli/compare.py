@@ -7,6 +7,12 @@ train.py reads (DIR/train/<class>/<image>, DIR/validation/<class>/<image>).
 
 Writes OUT/results.json, OUT/compare.png and one OUT/runs/<model>/seed<k>.json per finished run;
 rerunning the same command resumes where it stopped. Prints a markdown table.
+
+Learning curves: --train-size 10 50 all trains on 10 and 50 images per class and on all of
+them (a fraction such as 0.25 works too), one comparison each in OUT/train-<size>/, and draws
+OUT/learning_curve.png; the test split is the same for every size. --lr-sweep 3e-4 1e-3 3e-3
+gives each model its own learning rate, chosen on a validation split carved from its training
+images (never the test split).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import argparse
 import os
 from dataclasses import fields
 
-from overparam_zoo.experiments.datasets import BUNDLED_DATASETS
+from overparam_zoo.experiments.datasets import BUNDLED_DATASETS, TrainSize
 from overparam_zoo.experiments.training import TrainSettings
 
 __all__ = ["register", "run", "FLAGS", "default_threads"]
@@ -23,8 +29,36 @@ __all__ = ["register", "run", "FLAGS", "default_threads"]
 #: the flag of each ``run_compare`` parameter (and ``TrainSettings`` field), for its errors
 FLAGS: dict[str, str] = {
     **{f"settings.{f.name}": "--" + f.name.replace("_", "-") for f in fields(TrainSettings)},
-    **{name: "--" + name.replace("_", "-") for name in ("models", "seeds", "dataset", "data_dir", "out", "zoo", "calibration_images")},
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "models",
+            "seeds",
+            "dataset",
+            "data_dir",
+            "out",
+            "zoo",
+            "calibration_images",
+            "train_size",
+            "lr_sweep",
+            "validation_fraction",
+            "updates",
+        )
+    },
+    "train_sizes": "--train-size",
 }
+
+
+def train_size(text: str) -> TrainSize:
+    """``--train-size`` values: ``all``, images per class (``20``) or a fraction (``0.25``)."""
+    if text == "all":
+        return None
+    try:
+        return float(text) if any(c in text for c in ".e") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected images per class (20), a fraction (0.25) or all"
+        ) from None
 
 
 def default_threads() -> int:
@@ -79,6 +113,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--calibration-images", type=int, default=512, help="with --int8: training images to calibrate with"
     )
+    curve = parser.add_argument_group("learning curves and learning rates")
+    curve.add_argument(
+        "--train-size",
+        nargs="+",
+        type=train_size,
+        metavar="SIZE",
+        help="training images: per class (20), a fraction (0.25) or all; several sizes draw a learning curve "
+        "(default: all)",
+    )
+    curve.add_argument(
+        "--updates",
+        type=int,
+        help="train every size for at least this many updates (epochs = ceil(updates / batches per epoch)), "
+        "instead of --epochs",
+    )
+    curve.add_argument(
+        "--lr-sweep",
+        nargs="+",
+        type=float,
+        metavar="LR",
+        help="candidate learning rates: each model keeps the one with the best top-1 on a validation split "
+        "carved from its training images (instead of --lr)",
+    )
+    curve.add_argument(
+        "--validation-fraction", type=float, default=0.2, help="with --lr-sweep: part of each class held out"
+    )
     recipe = parser.add_argument_group("training recipe (the same for every model and seed)")
     recipe.add_argument("--epochs", type=int, default=5)
     recipe.add_argument("-b", "--batch-size", type=int, default=64)
@@ -115,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from overparam_zoo.cli.flags import flag_errors
-    from overparam_zoo.experiments.compare import run_compare, variant_names
+    from overparam_zoo.experiments.compare import run_compare, run_learning_curve, variant_names
     from overparam_zoo.experiments.report import VERDICT_RULE
 
     settings = TrainSettings(
@@ -138,27 +198,42 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     models = args.models or [*args.base, *variant_names(args.base, args.depths, args.tags)]
-    with flag_errors(FLAGS):
-        result = run_compare(
-            models,
-            seeds=args.seeds,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            settings=settings,
-            out=args.out,
-            keep_exports=args.keep_exports,
-            int8=args.int8,
-            calibration_images=args.calibration_images,
-            zoo=args.zoo,
-        )
-    print(result.table)
-    print(f"\nverdict rule: {VERDICT_RULE}")
-    print(
-        f"runs: {len(result.trained)} trained now, {len(result.resumed)} resumed from {args.out}; "
-        f"wall time {result.seconds:.0f} s"
+    sizes = args.train_size or [None]
+    common = dict(
+        seeds=args.seeds,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        settings=settings,
+        keep_exports=args.keep_exports,
+        int8=args.int8,
+        calibration_images=args.calibration_images,
+        zoo=args.zoo,
+        lr_sweep=args.lr_sweep,
+        validation_fraction=args.validation_fraction,
+        updates=args.updates,
     )
-    print(f"results: {result.results_path}\nfigure: {result.figure_path}")
-    mismatched = [s["model"] for s in result.summaries if s["deployed"] and not s["deployed"]["predictions_equal"]]
+    with flag_errors(FLAGS):
+        if len(sizes) > 1:
+            curve = run_learning_curve(models, sizes, out=args.out, **common)
+            results = curve.comparisons
+        else:
+            results = [run_compare(models, train_size=sizes[0], out=args.out, **common)]
+    for result in results:
+        print(result.table + "\n")
+    if len(sizes) > 1:
+        print(f"learning curve (test top-1 %, training top-1 in brackets):\n{curve.table}\n")
+    print(f"verdict rule: {VERDICT_RULE}")
+    trained = sum(len(r.trained) for r in results)
+    resumed = sum(len(r.resumed) for r in results)
+    seconds = sum(r.seconds for r in results)
+    print(f"runs: {trained} trained now, {resumed} resumed from {args.out}; wall time {seconds:.0f} s")
+    if len(sizes) > 1:
+        print(f"results: {curve.results_path}\nfigure: {curve.figure_path}")
+    else:
+        print(f"results: {results[0].results_path}\nfigure: {results[0].figure_path}")
+    mismatched = [
+        s["model"] for r in results for s in r.summaries if s["deployed"] and not s["deployed"]["predictions_equal"]
+    ]
     if mismatched:
         print(f"the exported stock model does NOT reproduce the predictions of: {', '.join(mismatched)}")
     return 1 if mismatched else 0

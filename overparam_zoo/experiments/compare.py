@@ -10,21 +10,32 @@ preprocessing, label names and recipe as its metadata (:func:`training_args`), r
 zoo's stock model with ``strict=True`` (:func:`load_export`) and evaluated again, so the table
 shows the deployed stock model's accuracy.
 
+Training-set size (``train_size``): every run trains on a stratified part of the training
+images (:func:`~overparam_zoo.experiments.datasets.training_subset`: at seed ``k`` every model
+sees the same images), and is tested on the same test split whatever the size.
+:func:`run_learning_curve` runs one comparison per size, each in its own folder, and draws the
+curve. Each model's own learning rate (``lr_sweep``): before the seeds run, every model is
+trained once per candidate learning rate on the training images minus a validation split carved
+from them (never the test split), and keeps the rate with the best validation top-1; candidates,
+their validation scores and the choice are in ``results.json``.
+
 Resuming: each finished (model, seed) run is written atomically to
-``OUT/runs/<model>/seed<k>.json`` as soon as it completes; a rerun with the same settings skips
-the runs found there, so an interrupted comparison loses at most the run in progress and never
-counts a run twice. ``OUT/results.json`` is rewritten (atomically) after every run.
+``OUT/runs/<model>/seed<k>.json`` (and each sweep run to ``OUT/sweep/<model>/lr<lr>.json``) as
+soon as it completes; a rerun with the same settings skips the runs found there, so an
+interrupted comparison loses at most the run in progress and never counts a run twice.
+``OUT/results.json`` is rewritten (atomically) after every run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +44,31 @@ from torch import nn
 
 from overparam.analysis import embedding_effective_rank, spectrum
 from overparam_zoo.errors import CompareError
-from overparam_zoo.experiments.datasets import ImageData, load_bundled, load_image_folder
-from overparam_zoo.experiments.report import VERDICT_RULE, markdown_table, plot_comparison, summarize_model
+from overparam_zoo.experiments.datasets import (
+    ImageData,
+    TrainSize,
+    check_train_size,
+    load_bundled,
+    load_image_folder,
+    split_validation,
+    train_size_label,
+    training_subset,
+)
+from overparam_zoo.experiments.report import (
+    VERDICT_RULE,
+    learning_curve_table,
+    markdown_table,
+    plot_comparison,
+    plot_learning_curve,
+    summarize_model,
+)
 from overparam_zoo.experiments.training import (
     Evaluation,
+    Trained,
     TrainSettings,
     check_classifier,
     data_config,
+    eval_loader,
     evaluate,
     make_loaders,
     train_model,
@@ -62,9 +91,12 @@ __all__ = [
     "training_args",
     "load_export",
     "run_compare",
+    "LearningCurveResult",
+    "run_learning_curve",
 ]
 
 SCHEMA = "overparam-zoo/compare/1"
+CURVE_SCHEMA = "overparam-zoo/learning-curve/1"
 
 
 @dataclass(frozen=True)
@@ -149,7 +181,10 @@ class RunStore:
         return self.out / "runs" / model / f"seed{seed}.json"
 
     def load(self, model: str, seed: int) -> dict[str, Any] | None:
-        path = self.path(model, seed)
+        return self._read(self.path(model, seed))
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
         if not path.is_file():
             return None
         try:
@@ -161,6 +196,15 @@ class RunStore:
 
     def save(self, record: dict[str, Any]) -> None:
         _write_json(self.path(record["model"], record["seed"]), record)
+
+    def sweep_path(self, model: str, lr: float) -> Path:
+        return self.out / "sweep" / model / f"lr{lr:g}.json"
+
+    def load_sweep(self, model: str, lr: float) -> dict[str, Any] | None:
+        return self._read(self.sweep_path(model, lr))
+
+    def save_sweep(self, record: dict[str, Any]) -> None:
+        _write_json(self.sweep_path(record["model"], record["lr"]), record)
 
 
 @dataclass
@@ -244,8 +288,9 @@ def _params(model: nn.Module) -> int:
 
 @dataclass
 class _Run:
-    """What one (model, seed) run works with; ``loaders`` are shared by the runs of a comparison,
-    one pair per channel count."""
+    """What one (model, seed) run works with; ``loaders`` are shared by the runs that train on
+    the same images (every run, or every run of one seed with a training-set size), one pair
+    per channel count."""
 
     spec: ModelSpec
     seed: int
@@ -302,21 +347,41 @@ def _int8(run: _Run, model: nn.Module, data: ImageData) -> dict[str, Any]:
     }
 
 
-def _run_one(run: _Run) -> dict[str, Any]:
-    """Train, evaluate, and for an op model export, reload as the stock base and evaluate again."""
-    spec, seed, settings = run.spec, run.seed, run.settings
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    model, data = _build(spec, run.data)
+@dataclass
+class _Fitted:
+    """A trained model of one run, with the data in the channels it takes and its test outputs."""
+
+    model: nn.Module
+    data: ImageData
+    trained: Trained
+    result: Evaluation
+    params_training: int
+
+
+def _fit(run: _Run) -> _Fitted:
+    """Build, train and test one model: the part of a run that a learning-rate sweep shares."""
+    torch.manual_seed(run.seed)
+    model, data = _build(run.spec, run.data)
     check_classifier(model)
     params_training = _params(model)
     train_loader, test_loader = run.loaders_for(data)
-    torch.manual_seed(seed)  # the same batch order (and augmentation) for every model at this seed
-    trained = train_model(model, train_loader, settings, label=f"{spec.name} seed {seed}")
-    result = evaluate(trained.model, test_loader, settings.device)
-    deployed_model, deployed = trained.model, None
+    torch.manual_seed(run.seed)  # the same batch order (and augmentation) for every model at this seed
+    trained = train_model(model, train_loader, run.settings, label=f"{run.spec.name} seed {run.seed}")
+    result = evaluate(trained.model, test_loader, run.settings.device)
+    return _Fitted(trained.model, data, trained, result, params_training)
+
+
+def _run_one(run: _Run) -> dict[str, Any]:
+    """Train, evaluate on the test and the training images, and for an op model export,
+    reload as the stock base and evaluate again."""
+    spec, seed, settings = run.spec, run.seed, run.settings
+    start = time.perf_counter()
+    fitted = _fit(run)
+    model, data, trained, result = fitted.model, fitted.data, fitted.trained, fitted.result
+    fit = evaluate(model, eval_loader(data.train, data, settings), settings.device)  # un-augmented, no smoothing
+    deployed_model, deployed = model, None
     if spec.is_variant:
-        deployed_model, deployed = _deploy(run, trained.model, data, result)
+        deployed_model, deployed = _deploy(run, model, data, result)
     return {
         "model": spec.name,
         "base": spec.base,
@@ -324,11 +389,17 @@ def _run_one(run: _Run) -> dict[str, Any]:
         "depth": spec.depth,
         "tag": spec.tag,
         "seed": seed,
+        "lr": settings.lr,
+        "epochs": settings.epochs,
+        "train_images": len(data.train),
         "top1": result.top1,
         "test_loss": result.loss,
+        "train_top1": fit.top1,
+        "train_loss": fit.loss,
         "train_seconds": trained.seconds,
         "train_loss_last_epoch": trained.last_epoch_loss,
-        "params_training": params_training,
+        "train_loss_by_epoch": trained.epoch_losses,
+        "params_training": fitted.params_training,
         "params_deployed": _params(deployed_model),
         "feature_effective_rank": embedding_effective_rank(result.features),
         "weight_effective_rank": _weight_effective_rank(deployed_model.cpu()),
@@ -337,6 +408,31 @@ def _run_one(run: _Run) -> dict[str, Any]:
         "run_seconds": time.perf_counter() - start,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _sweep_one(run: _Run) -> dict[str, Any]:
+    """One candidate learning rate of one model: trained on the training images minus the
+    validation split (``run.data``'s ``test`` is that split) and scored on it."""
+    start = time.perf_counter()
+    fitted = _fit(run)
+    return {
+        "model": run.spec.name,
+        "lr": run.settings.lr,
+        "seed": run.seed,
+        "validation_top1": fitted.result.top1,
+        "validation_loss": fitted.result.loss,
+        "train_loss_last_epoch": fitted.trained.last_epoch_loss,
+        "train_images": len(fitted.data.train),
+        "validation_images": len(fitted.data.test),
+        "run_seconds": time.perf_counter() - start,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _choice(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The learning rate of the best validation top-1 (ties: the lower validation loss)."""
+    best = max(records, key=lambda r: (r["validation_top1"], -r["validation_loss"]))
+    return {"lr": best["lr"], "seed": best["seed"], "candidates": sorted(records, key=lambda r: r["lr"])}
 
 
 def _environment(settings: TrainSettings) -> dict[str, Any]:
@@ -382,6 +478,94 @@ def _check_settings(settings: TrainSettings) -> None:
         raise CompareError(f"settings.warmup_epochs={settings.warmup_epochs}: expected 0 or more")
 
 
+@dataclass
+class LearningCurveResult:
+    """What :func:`run_learning_curve` did: one comparison per training-set size."""
+
+    sizes: list[dict[str, Any]]  # per size: its label, training images, results folder and model summaries
+    comparisons: list[CompareResult]
+    table: str
+    results_path: Path
+    figure_path: Path | None
+    seconds: float = 0.0
+
+
+def run_learning_curve(
+    models: Sequence[str],
+    train_sizes: Sequence[TrainSize],
+    *,
+    out: str | Path = "compare-out",
+    figure: bool = True,
+    **compare_args: Any,
+) -> LearningCurveResult:
+    """One comparison per training-set size, each resumable in ``out/train-<size>/``, and
+    the curve across them: ``out/learning_curve.json``, ``out/learning_curve.png`` and a table.
+
+    Args:
+        models: as for :func:`run_compare`.
+        train_sizes: the sizes, in the order to run them, each as ``train_size`` of
+            :func:`run_compare` (images per class, a fraction, or ``None`` for all).
+        out: the output folder.
+        figure: draw each comparison's figure and the curve (needs matplotlib).
+        **compare_args: the other arguments of :func:`run_compare` (``seeds``, ``dataset``,
+            ``data_dir``, ``settings``, ``lr_sweep``, ``updates``, ...), the same for every size.
+
+    Raises:
+        CompareError: for no sizes or a size given twice, and whatever :func:`run_compare` raises.
+    """
+    sizes = list(train_sizes)
+    for size in sizes:
+        check_train_size(size)
+    labels = [train_size_label(size) for size in sizes]
+    if not sizes:
+        raise CompareError("train_sizes=[]: expected at least one training-set size")
+    if len(set(labels)) != len(labels):
+        raise CompareError(f"train_sizes={labels}: expected each size once")
+    if figure:
+        require("matplotlib", "plot", "compare")
+    out = Path(out)
+    start = time.perf_counter()
+    comparisons, curve = [], []
+    for size, label in zip(sizes, labels):
+        folder = out / f"train-{label}"
+        result = run_compare(models, train_size=size, out=folder, figure=figure, **compare_args)
+        comparisons.append(result)
+        stored = json.loads(result.results_path.read_text())
+        curve.append(
+            {
+                "train_size": label,
+                "train_images": stored["data"]["train_images"],
+                "results": str(folder.relative_to(out) / "results.json"),
+                "complete": stored["complete"],
+                "models": result.summaries,
+            }
+        )
+    _write_json(out / "learning_curve.json", {"schema": CURVE_SCHEMA, "sizes": curve})
+    first = json.loads(comparisons[0].results_path.read_text())
+    title = f"{first['data']['name']}: test split {first['data']['test_images']} images (overparam-zoo compare)"
+    return LearningCurveResult(
+        curve,
+        comparisons,
+        learning_curve_table(curve),
+        out / "learning_curve.json",
+        plot_learning_curve(curve, out / "learning_curve.png", title) if figure else None,
+        time.perf_counter() - start,
+    )
+
+
+def _check_options(lr_sweep: Sequence[float] | None, updates: int | None) -> None:
+    if lr_sweep is not None:
+        lrs = list(lr_sweep)
+        if (
+            not lrs
+            or len(set(lrs)) != len(lrs)
+            or any(not isinstance(v, (int, float)) or not 0 < v < math.inf for v in lrs)
+        ):
+            raise CompareError(f"lr_sweep={lrs}: expected one or more distinct positive learning rates")
+    if updates is not None and updates < 1:
+        raise CompareError(f"updates={updates}: expected at least 1, or None to train settings.epochs epochs")
+
+
 def run_compare(
     models: Sequence[str],
     *,
@@ -395,6 +579,10 @@ def run_compare(
     figure: bool = True,
     int8: bool = False,
     calibration_images: int = 512,
+    train_size: TrainSize = None,
+    lr_sweep: Sequence[float] | None = None,
+    validation_fraction: float = 0.2,
+    updates: int | None = None,
 ) -> CompareResult:
     """Train ``models`` (each variant with its base) over ``seeds``, resuming from ``out``.
 
@@ -414,12 +602,22 @@ def run_compare(
             export) to static INT8 with torchao and measure its top-1 and drop from float32
             (needs ``pip install 'overparam-zoo[quantize]'``).
         calibration_images: with ``int8``, how many training images calibrate each model.
+        train_size: train on ``n`` images per class (an int), on that fraction of each class (a
+            float in (0, 1]), or on all training images (``None``); drawn per seed, the same
+            for every model at a seed. The test split is the same for every size.
+        lr_sweep: candidate learning rates: each model trains with the one that scores the best
+            validation top-1 at the first seed, on a validation split carved from its training
+            images (``settings.lr`` is then unused).
+        validation_fraction: with ``lr_sweep``, the part of each class held out for validation.
+        updates: train for at least this many optimizer updates, whatever the training-set size
+            (``settings.epochs`` is replaced by ``ceil(updates / batches per epoch)``).
 
     Raises:
         UnknownModelError: for a name no zoo (or not ``zoo``) knows.
-        DataError: for a dataset that cannot be read or whose dependency is missing.
-        CompareError: for bad ``seeds`` or ``settings``, settings differing from the runs in
-            ``out``, or a batch larger than the training set.
+        DataError: for a dataset that cannot be read or whose dependency is missing, a bad
+            ``train_size`` (or one larger than a class) or ``validation_fraction``.
+        CompareError: for bad ``seeds``, ``settings``, ``lr_sweep`` or ``updates``, settings
+            differing from the runs in ``out``, or a batch larger than the training set.
         AnalysisError: for a model without a linear classifier.
         MissingExtraError: for a missing optional dependency.
     """
@@ -430,6 +628,8 @@ def run_compare(
     if zoo is not None and zoo not in ZOOS:
         raise CompareError(f"zoo={zoo}: expected one of {', '.join(ZOOS)}")
     _check_settings(settings)
+    _check_options(lr_sweep, updates)
+    check_train_size(train_size)
     if len(seed_list) > 1:  # the verdict's t-test
         require("scipy", "compare", "compare")
     if figure:
@@ -440,11 +640,21 @@ def run_compare(
             raise CompareError(f"calibration_images={calibration_images}: expected at least 1")
     specs = resolve_models(models, zoo)
     data = load_image_folder(data_dir) if data_dir is not None else load_bundled(dataset)
-    if settings.batch_size > len(data.train):
+    train_images = len(training_subset(data, train_size, seed_list[0]).train)  # the same count at every seed
+    if settings.batch_size > train_images:
         raise CompareError(
-            f"settings.batch_size={settings.batch_size} is larger than the {len(data.train)} training images; "
+            f"settings.batch_size={settings.batch_size} is larger than the {train_images} training images; "
             "expected at most that many (the last partial batch is dropped)"
         )
+    if lr_sweep:
+        swept = len(split_validation(training_subset(data, train_size, seed_list[0]), validation_fraction, 0).train)
+        if settings.batch_size > swept:
+            raise CompareError(
+                f"settings.batch_size={settings.batch_size} is larger than the {swept} images the learning-rate "
+                f"sweep trains on (the training images minus the validation split); expected at most that many"
+            )
+    if updates is not None:
+        settings = replace(settings, epochs=math.ceil(updates / (train_images // settings.batch_size)))
     out = Path(out)
     source = {
         "dataset": data.name if data_dir is None else None,
@@ -452,20 +662,32 @@ def run_compare(
         "zoo": zoo,
     }
     quantization = {"calibration_images": calibration_images} if int8 else {}  # resuming without int8 keeps them
-    store = RunStore(out, {**source, **asdict(settings), "scale": list(settings.scale), **quantization})
+    # options stored only when used, so comparisons made before they existed still resume
+    sizing = {"train_size": train_size} if train_size is not None else {}
+    sizing |= {"updates": updates} if updates is not None else {}
+    sweep = {"lr_sweep": list(lr_sweep), "validation_fraction": validation_fraction} if lr_sweep else {}
+    store = RunStore(
+        out, {**source, **asdict(settings), "scale": list(settings.scale), **quantization, **sizing, **sweep}
+    )
+    plan = _Plan(specs, seed_list, store, data, settings, train_size, keep_exports, source["dataset"] or "")
+    plan.int8_calibration = quantization.get("calibration_images", 0)
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # the same for every run, so wall times compare
     try:
-        runs, trained, resumed = _run_missing(
-            specs, seed_list, store, data, settings, keep_exports, source["dataset"], quantization.get("calibration_images", 0)
-        )
+        with Progress(
+            "compare", len(specs) * (len(seed_list) + len(sweep.get("lr_sweep", []))), unit="run"
+        ) as progress:
+            if sweep:
+                plan.lrs = _choose_lrs(plan, sweep["lr_sweep"], validation_fraction, progress)
+            runs, trained, resumed = _run_missing(plan, progress)
     finally:
         torch.set_num_threads(threads)
-    summaries = _write_results(out, specs, seed_list, runs, data, settings)
+    summaries = _write_results(plan, runs)
+    lr = "lr per model from a sweep" if sweep else f"lr {settings.lr}"
     title = (
-        f"{data.name}: seeds {len(seed_list)}, epochs {settings.epochs}, {settings.input_size}px, "
-        f"{settings.opt} lr {settings.lr} (overparam-zoo compare)"
+        f"{data.name}: {train_size_label(train_size)} ({train_images} images), seeds {len(seed_list)}, "
+        f"epochs {settings.epochs}, {settings.input_size}px, {settings.opt} {lr} (overparam-zoo compare)"
     )
     return CompareResult(
         summaries,
@@ -479,6 +701,61 @@ def run_compare(
     )
 
 
+@dataclass
+class _Plan:
+    """One comparison: its models, seeds, data and recipe, where its runs are kept, and the
+    learning rate each model trains with (``settings.lr`` unless a sweep chose one)."""
+
+    specs: Sequence[ModelSpec]
+    seeds: Sequence[int]
+    store: RunStore
+    data: ImageData
+    settings: TrainSettings
+    train_size: TrainSize
+    keep_exports: bool
+    dataset: str
+    int8_calibration: int = 0
+    lrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> the sweep's choice
+    _subsets: dict[int, tuple[ImageData, dict[int, tuple[Any, Any]]]] = field(default_factory=dict)
+
+    def data_at(self, seed: int) -> tuple[ImageData, dict[int, tuple[Any, Any]]]:
+        """The training images of ``seed`` and the loaders over them (shared by its runs)."""
+        key = seed if self.train_size is not None else -1  # all images: one set of loaders
+        if key not in self._subsets:
+            self._subsets[key] = (training_subset(self.data, self.train_size, seed), {})
+        return self._subsets[key]
+
+    def settings_for(self, spec: ModelSpec) -> TrainSettings:
+        chosen = self.lrs.get(spec.name)
+        return self.settings if chosen is None else replace(self.settings, lr=chosen["lr"])
+
+
+def _choose_lrs(
+    plan: _Plan, lrs: Sequence[float], validation_fraction: float, progress: Progress
+) -> dict[str, dict[str, Any]]:
+    """Each model's learning rate: every candidate trained at the first seed on the training
+    images minus a validation split carved from them, scored on that split (resumable)."""
+    seed = plan.seeds[0]
+    data = split_validation(plan.data_at(seed)[0], validation_fraction, seed)
+    loaders: dict[int, tuple[Any, Any]] = {}
+    chosen = {}
+    for spec in plan.specs:
+        records = []
+        for lr in lrs:
+            record = plan.store.load_sweep(spec.name, lr)
+            if record is None:
+                progress.note(f"{spec.name} lr {lr:g} (sweep)")
+                run = _Run(spec, seed, data, replace(plan.settings, lr=lr), plan.dataset, loaders, Path())
+                record = _sweep_one(run)
+                plan.store.save_sweep(record)
+                progress.update(1, f"{spec.name} lr {lr:g}: validation top-1 {record['validation_top1']:.4f}")
+            else:
+                progress.update(1)
+            records.append(record)
+        chosen[spec.name] = _choice(records)
+    return chosen
+
+
 def _ordered(
     specs: Sequence[ModelSpec], seeds: Sequence[int], runs: dict[tuple[str, int], dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -486,41 +763,35 @@ def _ordered(
 
 
 def _run_missing(
-    specs: Sequence[ModelSpec],
-    seeds: Sequence[int],
-    store: RunStore,
-    data: ImageData,
-    settings: TrainSettings,
-    keep_exports: bool,
-    dataset: str | None,
-    int8_calibration: int = 0,
+    plan: _Plan, progress: Progress
 ) -> tuple[dict[tuple[str, int], dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
-    """Every (model, seed) run: loaded when ``store`` has it, otherwise trained and saved at once."""
-    out = store.out
-    loaders: dict[int, tuple[Any, Any]] = {}
+    """Every (model, seed) run: loaded when the store has it, otherwise trained and saved at once."""
+    store, out = plan.store, plan.store.out
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     trained, resumed = [], []
-    todo = [(spec, seed) for seed in seeds for spec in specs]  # every model at a seed first
+    todo = [(spec, seed) for seed in plan.seeds for spec in plan.specs]  # every model at a seed first
     for spec, seed in todo:
         record = store.load(spec.name, seed)
         if record is not None:
             runs[(spec.name, seed)] = record
             resumed.append((spec.name, seed))
-    with Progress("compare", len(todo), unit="run", initial=len(runs)) as progress:
-        for spec, seed in todo:
-            if (spec.name, seed) in runs:
-                continue
-            progress.note(f"{spec.name} seed {seed}")
-            export_dir = out / "exports" / spec.name / f"seed{seed}"
-            record = _run_one(_Run(spec, seed, data, settings, dataset or "", loaders, export_dir, int8_calibration))
-            if spec.is_variant and not keep_exports:
-                _remove_export(export_dir, out)
-                record["deployed"]["export_dir"] = None
-            store.save(record)
-            runs[(spec.name, seed)] = record
-            trained.append((spec.name, seed))
-            _write_results(out, specs, seeds, runs, data, settings)
-            progress.update(1, f"{spec.name} seed {seed}: top-1 {record['top1']:.4f}")
+    progress.update(len(runs))
+    for spec, seed in todo:
+        if (spec.name, seed) in runs:
+            continue
+        progress.note(f"{spec.name} seed {seed}")
+        export_dir = out / "exports" / spec.name / f"seed{seed}"
+        data, loaders = plan.data_at(seed)
+        run = _Run(spec, seed, data, plan.settings_for(spec), plan.dataset, loaders, export_dir, plan.int8_calibration)
+        record = _run_one(run)
+        if spec.is_variant and not plan.keep_exports:
+            _remove_export(export_dir, out)
+            record["deployed"]["export_dir"] = None
+        store.save(record)
+        runs[(spec.name, seed)] = record
+        trained.append((spec.name, seed))
+        _write_results(plan, runs)
+        progress.update(1, f"{spec.name} seed {seed}: top-1 {record['top1']:.4f}")
     return runs, trained, resumed
 
 
@@ -531,35 +802,33 @@ def _remove_export(export_dir: Path, out: Path) -> None:
             parent.rmdir()
 
 
-def _write_results(
-    out: Path,
-    specs: Sequence[ModelSpec],
-    seeds: Sequence[int],
-    runs: dict[tuple[str, int], dict[str, Any]],
-    data: ImageData,
-    settings: TrainSettings,
-) -> list[dict[str, Any]]:
+def _write_results(plan: _Plan, runs: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
     """Summaries of the models with finished runs, written to ``out/results.json``."""
+    specs, seeds, data, settings = plan.specs, plan.seeds, plan.data, plan.settings
     by_model = {s.name: [runs[(s.name, k)] for k in seeds if (s.name, k) in runs] for s in specs}
     summaries = [summarize_model(by_model[s.name], by_model.get(s.base)) for s in specs if by_model[s.name]]
     missing = [{"model": s.name, "seed": k} for s in specs for k in seeds if (s.name, k) not in runs]
     _write_json(
-        out / "results.json",
+        plan.store.out / "results.json",
         {
             "schema": SCHEMA,
             "complete": not missing,
             "missing": missing,
             "data": {
                 "name": data.name,
-                "train_images": len(data.train),
+                "train_images": len(plan.data_at(seeds[0])[0].train),
+                "train_size": train_size_label(plan.train_size),
+                "all_train_images": len(data.train),
                 "test_images": len(data.test),
                 "num_classes": data.num_classes,
                 "in_chans": data.in_chans,
             },
             "settings": {**asdict(settings), "seeds": list(seeds)},
+            "learning_rates": plan.lrs or None,
             "environment": _environment(settings),
             "verdict_rule": VERDICT_RULE,
-            "compute_seconds": sum(r["run_seconds"] for r in runs.values()),
+            "compute_seconds": sum(r["run_seconds"] for r in runs.values())
+            + sum(c["run_seconds"] for chosen in plan.lrs.values() for c in chosen["candidates"]),
             "models": summaries,
             "runs": _ordered(specs, seeds, runs),
         },

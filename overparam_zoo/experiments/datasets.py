@@ -12,11 +12,15 @@ through exactly the same timm transforms and loaders.
   ``DIR/validation/<class>/*.png`` (``val``/``valid`` and ``training`` are accepted too).
 
 The bundled sets are split once, stratified, with a fixed seed (80% train, 20% test), so every
-model and every seed of a comparison sees the same test images.
+model and every seed of a comparison sees the same test images. For learning curves and
+learning-rate sweeps, :func:`training_subset` keeps a stratified part of the training images
+(the test split never changes) and :func:`split_validation` carves a validation split out of
+them; both work on bundled data and image folders alike and keep the dataset's type.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,23 @@ from PIL import Image
 from overparam_zoo.errors import DataError, first_line
 from overparam_zoo.extras import require
 
-__all__ = ["ImageData", "ArrayImageDataset", "BUNDLED_DATASETS", "load_bundled", "load_image_folder"]
+__all__ = [
+    "ImageData",
+    "ArrayImageDataset",
+    "BUNDLED_DATASETS",
+    "TrainSize",
+    "load_bundled",
+    "load_image_folder",
+    "class_targets",
+    "check_train_size",
+    "train_size_label",
+    "training_subset",
+    "split_validation",
+]
+
+#: how many training images to keep: ``n`` per class (int), that fraction of each class (float
+#: in (0, 1]), or all of them (``None``)
+TrainSize = int | float | None
 
 BUNDLED_DATASETS: tuple[str, ...] = ("digits", "mnist5k")
 SPLIT_SEED = 0
@@ -203,4 +223,124 @@ def load_image_folder(data_dir: str | Path) -> ImageData:
         std=tuple(IMAGENET_DEFAULT_STD),
         crop_pct=DEFAULT_CROP_PCT,  # what timm's eval transform uses when given none
         class_names=tuple(sorted(classes["train"], key=classes["train"].__getitem__)),
+    )
+
+
+def class_targets(dataset: torch.utils.data.Dataset) -> np.ndarray:
+    """The class index of every image of ``dataset``, read without opening the images.
+
+    Raises:
+        DataError: for a dataset that is neither bundled nor an image folder read by timm.
+    """
+    if isinstance(dataset, ArrayImageDataset):
+        return dataset.targets
+    samples = getattr(getattr(dataset, "reader", None), "samples", None)
+    if samples is None:
+        raise DataError(
+            f"a {type(dataset).__name__} does not list its images' classes; expected bundled data or an image "
+            "folder read by timm's folder reader"
+        )
+    return np.asarray([target for _, target in samples], dtype=np.int64)
+
+
+def _take(dataset: torch.utils.data.Dataset, indices: np.ndarray) -> torch.utils.data.Dataset:
+    """The images at ``indices``, as a dataset of the same type (so timm's loaders and
+    :meth:`ImageData.with_channels` treat it as they treat the whole)."""
+    if isinstance(dataset, ArrayImageDataset):
+        return ArrayImageDataset(dataset.images[indices], dataset.targets[indices], mode=dataset.mode)
+    part = copy.copy(dataset)
+    part.reader = copy.copy(dataset.reader)
+    part.reader.samples = [dataset.reader.samples[i] for i in indices]
+    return part
+
+
+def _class_permutations(targets: np.ndarray, *key: int) -> list[np.ndarray]:
+    """Each class's indices in an order fixed by ``key``: the first ``n`` of each are the
+    images of ``n`` per class, so at one key a smaller subset lies inside a larger one."""
+    rng = np.random.default_rng([SPLIT_SEED, *key])
+    return [rng.permutation(np.flatnonzero(targets == cls)) for cls in np.unique(targets)]
+
+
+def check_train_size(size: TrainSize) -> None:
+    """Refuse a ``train_size`` no data can take (before anything is read or trained).
+
+    Raises:
+        DataError: for anything but an int >= 1, a float in (0, 1] or ``None``.
+    """
+    if size is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or (isinstance(size, int) and size < 1):
+        raise DataError(f"train_size={size!r}: expected images per class (an int >= 1), a fraction in (0, 1] or None")
+    if isinstance(size, float) and not 0 < size <= 1:
+        raise DataError(f"train_size={size}: expected a fraction in (0, 1], or images per class as an int")
+
+
+def train_size_label(size: TrainSize) -> str:
+    """``size`` as it names a folder and a table row: ``20-per-class``, ``0.25``, ``all``."""
+    if size is None:
+        return "all"
+    return f"{size}-per-class" if isinstance(size, int) else f"{size:g}"
+
+
+def training_subset(data: ImageData, size: TrainSize, seed: int) -> ImageData:
+    """``data`` with a stratified part of its training images; the test split is unchanged.
+
+    Args:
+        data: the whole data.
+        size: ``n`` images per class (an int), that fraction of each class (a float in (0, 1],
+            at least one image per class), or ``None`` for all.
+        seed: which images: at one seed, a smaller ``size`` keeps a subset of a larger one's.
+
+    Raises:
+        DataError: for a size outside those ranges (:func:`check_train_size`), or more
+            images per class than the smallest class has.
+    """
+    check_train_size(size)
+    if size is None:
+        return data
+    classes = _class_permutations(class_targets(data.train), seed)
+    if isinstance(size, int):
+        smallest = min(len(members) for members in classes)
+        if size > smallest:
+            raise DataError(
+                f"train_size={size} images per class: expected 1 to {smallest} (the smallest class of {data.name} "
+                f"has {smallest} training images), or a fraction in (0, 1]"
+            )
+        counts = [size] * len(classes)
+    else:
+        counts = [max(1, round(size * len(members))) for members in classes]
+    keep = np.sort(np.concatenate([members[:n] for members, n in zip(classes, counts)]))
+    return replace(data, train=_take(data.train, keep))
+
+
+def split_validation(data: ImageData, fraction: float, seed: int) -> ImageData:
+    """A validation split carved from ``data``'s training images (never its test split):
+    the returned data trains on the rest and evaluates (``test``) on the carved part.
+
+    Args:
+        data: the data whose training images are split.
+        fraction: the part of each class held out, rounded, at least one image and leaving at
+            least one to train on.
+        seed: which images (the same at one seed for every model).
+
+    Raises:
+        DataError: for a fraction outside (0, 1), or a class with a single training image.
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"validation_fraction={fraction}: expected a fraction in (0, 1)")
+    held, kept = [], []
+    for members in _class_permutations(class_targets(data.train), seed, 1):  # not the subset's order
+        if len(members) < 2:
+            raise DataError(
+                f"{data.name}: a class has {len(members)} training image; expected at least 2 to carve a validation "
+                "split from (raise train_size)"
+            )
+        cut = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held.append(members[:cut])
+        kept.append(members[cut:])
+    return replace(
+        data,
+        name=f"{data.name} (validation split)",
+        train=_take(data.train, np.sort(np.concatenate(kept))),
+        test=_take(data.train, np.sort(np.concatenate(held))),
     )

@@ -25,6 +25,8 @@ __all__ = [
     "welch_verdict",
     "markdown_table",
     "plot_comparison",
+    "learning_curve_table",
+    "plot_learning_curve",
 ]
 
 ALPHA = 0.05
@@ -82,6 +84,14 @@ def summarize_model(runs: Sequence[dict[str, Any]], base_runs: Sequence[dict[str
         "time_ratio": None,
         "verdict": None,
     }
+    if all("train_top1" in r for r in runs):  # runs written before training-set fit was measured have none
+        summary["fit"] = {
+            "lr": first["lr"],
+            "epochs": first["epochs"],
+            "train_images": first["train_images"],
+            "train_top1": _stats([r["train_top1"] for r in runs]),
+            "train_loss": _stats([r["train_loss"] for r in runs]),
+        }
     if all(r["deployed"] is not None for r in runs):
         summary["deployed"] = {
             "top1": _stats([r["deployed"]["top1"] for r in runs]),
@@ -157,6 +167,14 @@ HEADER = [
 
 
 INT8_HEADER = ["INT8 top-1 %", "INT8 drop (pp)", "INT8 agreement %"]
+FIT_HEADER = ["lr", "train top-1 %", "train loss"]
+
+
+def _fit_cells(s: dict[str, Any]) -> list[str]:
+    fit = s.get("fit")
+    if fit is None:
+        return ["—"] * len(FIT_HEADER)
+    return [f"{fit['lr']:g}", _pm(fit["train_top1"], 100), _pm(fit["train_loss"], 1, 3)]
 
 
 def _int8_cells(s: dict[str, Any]) -> list[str]:
@@ -166,15 +184,44 @@ def _int8_cells(s: dict[str, Any]) -> list[str]:
     return [_pm(int8["top1"], 100), _pm(int8["drop"], 100), _pm(int8["agreement"], 100)]
 
 
-def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
-    """One row per model, in the comparison's order; INT8 columns when any model has them."""
-    int8 = any(s.get("int8") for s in summaries)
-    rows = [HEADER + (INT8_HEADER if int8 else [])]
-    rows += [_row(s) + (_int8_cells(s) if int8 else []) for s in summaries]
+def _markdown(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """One row per model, in the comparison's order; the fit columns (learning rate, training
+    top-1 and loss) and the INT8 columns when any model has them."""
+    fit = any(s.get("fit") for s in summaries)
+    int8 = any(s.get("int8") for s in summaries)
+    rows = [HEADER + (FIT_HEADER if fit else []) + (INT8_HEADER if int8 else [])]
+    rows += [_row(s) + (_fit_cells(s) if fit else []) + (_int8_cells(s) if int8 else []) for s in summaries]
+    return _markdown(rows)
+
+
+def learning_curve_table(sizes: Sequence[dict[str, Any]]) -> str:
+    """One row per model, one column per training-set size: test top-1 (mean ± std over
+    seeds), the training top-1 beside it, and for an op model its verdict against its base."""
+    models = list(dict.fromkeys(m["model"] for size in sizes for m in size["models"]))
+    rows = [["model"] + [f"{size['train_size']} ({size['train_images']} images)" for size in sizes]]
+    for name in models:
+        row = [name]
+        for size in sizes:
+            s = next((m for m in size["models"] if m["model"] == name), None)
+            if s is None:
+                row.append("—")
+                continue
+            cell = _pm(s["top1"], 100)
+            if s.get("fit"):
+                cell += f" (train {s['fit']['train_top1']['mean'] * 100:.1f})"
+            verdict = s.get("verdict")
+            if verdict is not None and verdict["call"] in ("better", "worse"):
+                cell += f" {verdict['call']}"
+            row.append(cell)
+        rows.append(row)
+    return _markdown(rows)
 
 
 def _families(summaries: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -231,6 +278,45 @@ def plot_comparison(summaries: Sequence[dict[str, Any]], path: str | Path, title
         ax.set_title(f"{short} vs depth", fontsize=10)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    return path
+
+
+def plot_learning_curve(sizes: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """A PNG: test top-1 against the number of training images (mean ± std over seeds, a line
+    per model), and the training minus test top-1 (how much each model overfits). Written
+    atomically, with matplotlib's object API."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax_test, ax_gap = fig.subplots(1, 2)
+    models = list(dict.fromkeys(m["model"] for size in sizes for m in size["models"]))
+    for name in models:
+        points = [(size["train_images"], m) for size in sizes for m in size["models"] if m["model"] == name]
+        xs = [x for x, _ in points]
+        ax_test.errorbar(
+            xs,
+            [m["top1"]["mean"] * 100 for _, m in points],
+            yerr=[(m["top1"]["std"] or 0) * 100 for _, m in points],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+        fitted = [(x, m) for x, m in points if m.get("fit")]
+        if fitted:
+            ax_gap.plot(
+                [x for x, _ in fitted],
+                [(m["fit"]["train_top1"]["mean"] - m["top1"]["mean"]) * 100 for _, m in fitted],
+                marker="o",
+                label=name,
+            )
+    for ax, label in ((ax_test, "test top-1 % (mean ± std over seeds)"), (ax_gap, "train top-1 - test top-1 (pp)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel(label)
+    ax_test.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     return path

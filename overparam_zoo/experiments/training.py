@@ -35,6 +35,7 @@ __all__ = [
     "Evaluation",
     "data_config",
     "make_loaders",
+    "eval_loader",
     "train_model",
     "check_classifier",
     "evaluate",
@@ -74,11 +75,16 @@ class TrainSettings:
 class Trained:
     """A finished training: the model to evaluate (the EMA copy with ``model_ema``), the wall
     time of the training loop in seconds (data loading included) and the mean training loss
-    over the last epoch (with label smoothing), which tells under- from over-fitting."""
+    of every epoch (with label smoothing, in train mode): whether it flattened tells a
+    converged run from one stopped early."""
 
     model: nn.Module
     seconds: float
-    last_epoch_loss: float
+    epoch_losses: list[float]
+
+    @property
+    def last_epoch_loss(self) -> float:
+        return self.epoch_losses[-1]
 
 
 @dataclass
@@ -106,6 +112,15 @@ def data_config(data: ImageData, settings: TrainSettings) -> dict[str, Any]:
     }
 
 
+def _loader_args(data: ImageData, settings: TrainSettings) -> dict[str, Any]:
+    return dict(
+        **data_config(data, settings),
+        num_workers=0,
+        use_prefetcher=False,
+        device=torch.device(settings.device),
+    )
+
+
 def make_loaders(
     data: ImageData, settings: TrainSettings
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
@@ -119,12 +134,6 @@ def make_loaders(
     """
     from timm.data import create_loader
 
-    common = dict(
-        **data_config(data, settings),
-        num_workers=0,
-        use_prefetcher=False,
-        device=torch.device(settings.device),
-    )
     train = create_loader(
         copy.copy(data.train),
         batch_size=settings.batch_size,
@@ -132,10 +141,21 @@ def make_loaders(
         no_aug=not settings.augment,
         scale=settings.scale,
         hflip=settings.hflip,
-        **common,
+        **_loader_args(data, settings),
     )
-    test = create_loader(copy.copy(data.test), batch_size=max(settings.batch_size, 256), is_training=False, **common)
-    return train, test
+    return train, eval_loader(data.test, data, settings)
+
+
+def eval_loader(
+    dataset: torch.utils.data.Dataset, data: ImageData, settings: TrainSettings
+) -> torch.utils.data.DataLoader:
+    """A timm loader over ``dataset`` (a split of ``data``: its test images, or its training
+    images to measure how well they are fitted) with the test preprocessing, in order."""
+    from timm.data import create_loader
+
+    return create_loader(
+        copy.copy(dataset), batch_size=max(settings.batch_size, 256), is_training=False, **_loader_args(data, settings)
+    )
 
 
 def _autocast(settings: TrainSettings):
@@ -167,6 +187,7 @@ def train_model(
     progress = Progress(f"train {label}".strip(), settings.epochs * steps, min_interval=PROGRESS_INTERVAL)
     start = time.perf_counter()
     updates = 0
+    epoch_losses = []
     for epoch in range(settings.epochs):
         epoch_loss = torch.zeros(())
         for batch, (x, y) in enumerate(loader, 1):
@@ -183,11 +204,12 @@ def train_model(
                 ema.update(model, step=updates)
             done = f"epoch {epoch + 1}/{settings.epochs} loss {float(epoch_loss) / steps:.3f}" if batch == steps else ""
             progress.update(1, done)  # a line at the end of every epoch, else every few seconds at most
+        epoch_losses.append(float(epoch_loss) / steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     progress.close()
-    return Trained(ema.module if ema is not None else model, seconds, float(epoch_loss) / steps)
+    return Trained(ema.module if ema is not None else model, seconds, epoch_losses)
 
 
 def _linear_layers(model: nn.Module) -> list[nn.Module]:
