@@ -420,7 +420,7 @@ def _sweep_one(run: _Run) -> dict[str, Any]:
         "lr": run.settings.lr,
         "seed": run.seed,
         "validation_top1": fitted.result.top1,
-        "validation_loss": fitted.result.loss,
+        "validation_loss": fitted.result.loss if math.isfinite(fitted.result.loss) else None,  # None: diverged
         "train_loss_last_epoch": fitted.trained.last_epoch_loss,
         "train_images": len(fitted.data.train),
         "validation_images": len(fitted.data.test),
@@ -430,8 +430,13 @@ def _sweep_one(run: _Run) -> dict[str, Any]:
 
 
 def _choice(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The learning rate of the best validation top-1 (ties: the lower validation loss)."""
-    best = max(records, key=lambda r: (r["validation_top1"], -r["validation_loss"]))
+    """The learning rate of the best validation top-1 (ties: the lower validation loss; a
+    diverged candidate's loss is ``None``)."""
+    def score(record: dict[str, Any]) -> tuple[float, float]:
+        loss = record["validation_loss"]
+        return record["validation_top1"], -(math.inf if loss is None else loss)
+
+    best = max(records, key=score)
     return {"lr": best["lr"], "seed": best["seed"], "candidates": sorted(records, key=lambda r: r["lr"])}
 
 
