@@ -8,6 +8,7 @@ stock models that reproduce the op models' predictions, and resuming after a los
 import contextlib
 import io
 import json
+import math
 import shutil
 import sys
 import warnings
@@ -424,6 +425,8 @@ def test_learning_curve_with_an_lr_sweep_on_an_image_folder(folder, tmp_path, ca
             assert [c["lr"] for c in candidates] == [1e-3, 1e-2]
             # the validation split is carved from this size's training images, never the test split
             assert all(c["validation_images"] + c["train_images"] == images for c in candidates)
+            # as many updates as the final runs: batches of 6 of 9 or 30 images are 1 or 5 an epoch
+            assert all(c["epochs"] == math.ceil(4 / (c["train_images"] // 6)) for c in candidates)
             best = max(candidates, key=lambda c: (c["validation_top1"], -c["validation_loss"]))
             assert chosen["lr"] == best["lr"]
             runs = [r for r in results["runs"] if r["model"] == model]

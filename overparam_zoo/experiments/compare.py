@@ -422,6 +422,7 @@ def _sweep_one(run: _Run) -> dict[str, Any]:
         "validation_top1": fitted.result.top1,
         "validation_loss": fitted.result.loss if math.isfinite(fitted.result.loss) else None,  # None: diverged
         "train_loss_last_epoch": fitted.trained.last_epoch_loss,
+        "epochs": run.settings.epochs,
         "train_images": len(fitted.data.train),
         "validation_images": len(fitted.data.test),
         "run_seconds": time.perf_counter() - start,
@@ -676,6 +677,7 @@ def run_compare(
     )
     plan = _Plan(specs, seed_list, store, data, settings, train_size, keep_exports, source["dataset"] or "")
     plan.int8_calibration = quantization.get("calibration_images", 0)
+    plan.updates = updates
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # the same for every run, so wall times compare
@@ -720,6 +722,7 @@ class _Plan:
     keep_exports: bool
     dataset: str
     int8_calibration: int = 0
+    updates: int | None = None  # set: ``settings.epochs`` makes this many updates on the training images
     lrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> the sweep's choice
     _subsets: dict[int, tuple[ImageData, dict[int, tuple[Any, Any]]]] = field(default_factory=dict)
 
@@ -739,9 +742,13 @@ def _choose_lrs(
     plan: _Plan, lrs: Sequence[float], validation_fraction: float, progress: Progress
 ) -> dict[str, dict[str, Any]]:
     """Each model's learning rate: every candidate trained at the first seed on the training
-    images minus a validation split carved from them, scored on that split (resumable)."""
+    images minus a validation split carved from them, scored on that split (resumable). With
+    ``updates``, a candidate makes as many updates as the final runs (more epochs of fewer images)."""
     seed = plan.seeds[0]
     data = split_validation(plan.data_at(seed)[0], validation_fraction, seed)
+    settings = plan.settings
+    if plan.updates is not None:  # as many updates as the final runs, on fewer images
+        settings = replace(settings, epochs=math.ceil(plan.updates / (len(data.train) // settings.batch_size)))
     loaders: dict[int, tuple[Any, Any]] = {}
     chosen = {}
     for spec in plan.specs:
@@ -750,7 +757,7 @@ def _choose_lrs(
             record = plan.store.load_sweep(spec.name, lr)
             if record is None:
                 progress.note(f"{spec.name} lr {lr:g} (sweep)")
-                run = _Run(spec, seed, data, replace(plan.settings, lr=lr), plan.dataset, loaders, Path())
+                run = _Run(spec, seed, data, replace(settings, lr=lr), plan.dataset, loaders, Path())
                 record = _sweep_one(run)
                 plan.store.save_sweep(record)
                 progress.update(1, f"{spec.name} lr {lr:g}: validation top-1 {record['validation_top1']:.4f}")
