@@ -39,7 +39,7 @@ WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 
 SMALL = "test_efficientnet_gn"  # timm's tiny EfficientNet with GroupNorm: no batch norm anywhere
 SMALL_ALL = tuple(
-    f"{SMALL}{v}" for v in ("", "_op_d2", "_op_d4", "_op_d2_bn", "_op_d4_bn", "_op_d2_small", "_op_d4_small")
+    f"{SMALL}{v}" for v in ("", "_op_d2", "_op_d4", "_op_d2_small", "_op_d4_small")
 )
 SMALL_CORE = (SMALL, f"{SMALL}_op_d2", f"{SMALL}_op_d4")
 RESNET = ("resnet18", "resnet18_op_d2", "resnet18_op_d4", "resnet18_op_d2_bn")
