@@ -15,10 +15,11 @@ from overparam_zoo.errors import (
     RecipeError,
     UnknownModelError,
 )
-from overparam_zoo.names.hookspecs import hookimpl
-from overparam_zoo.names.plugins import get_plugin_manager
-from overparam_zoo.names.recipe import Recipe, Variant, load_recipe
-from overparam_zoo.names.registry import (
+from overparam_zoo.layers.tracing import register_tracing
+from overparam_zoo.registry.hookspecs import hookimpl
+from overparam_zoo.registry.plugins import get_plugin_manager
+from overparam_zoo.registry.recipe import Recipe, Variant, load_recipe
+from overparam_zoo.registry.variants import (
     apply_variant,
     check_variant,
     create_model,
@@ -28,7 +29,6 @@ from overparam_zoo.names.registry import (
     register_recipe,
     resolve,
 )
-from overparam_zoo.names.tracing import register_tracing
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ from overparam import OverparamChain, OverparamConv2d
 from overparam_zoo.cli import main
 from overparam_zoo.errors import QuantizeError
 from overparam_zoo.experiments.datasets import ArrayImageDataset, load_bundled
-from overparam_zoo.names.registry import create_model
+from overparam_zoo.registry.variants import create_model
 from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.quantize import (

@@ -9,7 +9,7 @@ from torch import nn
 from overparam.state import describe_mismatch
 from overparam_zoo.checkpoints.reading import looks_like_file, named_architectures, read_checkpoint
 from overparam_zoo.errors import CheckpointError, UnknownModelError, first_line
-from overparam_zoo.names.registry import create_model, resolve
+from overparam_zoo.registry.variants import create_model, resolve
 
 __all__ = ["load_model"]
 

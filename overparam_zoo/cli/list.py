@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from overparam_zoo.errors import UnknownModelError
-    from overparam_zoo.names.registry import get_variant, list_variants
+    from overparam_zoo.registry.variants import get_variant, list_variants
 
     names = list_variants(args.pattern, args.zoo, args.base)
     for zoo in ("timm", "torchvision"):

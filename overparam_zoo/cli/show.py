@@ -56,7 +56,7 @@ def layer_plan(model: nn.Module, report) -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.names.registry import apply_variant, build_base, get_variant
+    from overparam_zoo.registry.variants import apply_variant, build_base, get_variant
 
     variant = get_variant(args.name, args.zoo)
     model = build_base(variant)

@@ -1,7 +1,7 @@
 """``overparam-zoo compare``: does over-parameterization help on *this* data and architecture?
 
 Trains every model (a timm or torchvision base and its op variants, every name through
-:func:`overparam_zoo.names.registry.resolve` and built by its ``create_model``) with one recipe
+:func:`overparam_zoo.registry.variants.resolve` and built by its ``create_model``) with one recipe
 (:class:`~overparam_zoo.experiments.training.TrainSettings`) over several seeds and measures, per
 run: test top-1 and loss, training wall time, parameters while training and deployed, the
 effective rank of the penultimate features and of the (collapsed) weights. Every op model is
@@ -46,9 +46,9 @@ from overparam_zoo.experiments.training import (
 )
 from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
-from overparam_zoo.names.registry import Resolved, create_model, resolve
-from overparam_zoo.names.zoos import ZOOS, get_zoo
 from overparam_zoo.progress import Progress
+from overparam_zoo.registry.variants import Resolved, create_model, resolve
+from overparam_zoo.registry.zoos import ZOOS, get_zoo
 from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 
@@ -97,7 +97,7 @@ def variant_names(bases: Sequence[str], depths: Sequence[int], tags: Sequence[st
 def resolve_models(names: Sequence[str], zoo: str | None = None) -> list[ModelSpec]:
     """Specs for ``names`` in order, without duplicates, each variant's base added before it
     (a variant is always compared with its base). Names are resolved by
-    :func:`overparam_zoo.names.registry.resolve`, in ``zoo`` when given (for a name both zoos
+    :func:`overparam_zoo.registry.variants.resolve`, in ``zoo`` when given (for a name both zoos
     know, e.g. ``resnet18``; timm is asked first otherwise).
 
     Raises:

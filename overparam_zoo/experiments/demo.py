@@ -28,7 +28,7 @@ from overparam_zoo.experiments.compare import SCHEMA, CompareResult, load_export
 from overparam_zoo.experiments.datasets import load_bundled
 from overparam_zoo.experiments.training import TrainSettings, evaluate, make_loaders
 from overparam_zoo.extras import require
-from overparam_zoo.names.registry import resolve
+from overparam_zoo.registry.variants import resolve
 
 __all__ = ["DemoResult", "run_demo"]
 

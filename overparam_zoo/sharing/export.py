@@ -42,10 +42,10 @@ from overparam import collapsed_state_dict
 from overparam.state import describe_mismatch
 from overparam_zoo.errors import ExportError
 from overparam_zoo.files import usual_permissions
-from overparam_zoo.names.plugins import get_plugin_manager
-from overparam_zoo.names.recipe import Variant
-from overparam_zoo.names.registry import build_base, get_variant
-from overparam_zoo.names.zoos import get_zoo
+from overparam_zoo.registry.plugins import get_plugin_manager
+from overparam_zoo.registry.recipe import Variant
+from overparam_zoo.registry.variants import build_base, get_variant
+from overparam_zoo.registry.zoos import get_zoo
 from overparam_zoo.sharing.data_config import describe_weights
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.model_card import CARD_NAME, render_model_card

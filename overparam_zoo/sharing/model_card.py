@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from overparam_zoo.names.recipe import Variant
-from overparam_zoo.names.zoos import get_zoo
+from overparam_zoo.registry.recipe import Variant
+from overparam_zoo.registry.zoos import get_zoo
 from overparam_zoo.sharing.metadata import ExportMetadata, TrainResults
 
 __all__ = ["CARD_NAME", "REPO_PLACEHOLDER", "TRAINING_ARG_KEYS", "base_model_id", "render_model_card"]

@@ -123,7 +123,7 @@ def _check_card(folder: Path, hub: ModuleType) -> None:
 
 def _base_model(config: dict[str, Any]) -> torch.nn.Module:
     """The architecture ``config.json`` names, built on the meta device (no memory, no init)."""
-    from overparam_zoo.names.registry import create_model
+    from overparam_zoo.registry.variants import create_model
 
     arch, zoo = config["architecture"], config.get("zoo", "timm")
     kwargs = {**config.get("model_args", {}), "num_classes": config["num_classes"]}

@@ -322,7 +322,7 @@ def load_export(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from overparam_zoo.errors import UnknownModelError
-    from overparam_zoo.names.registry import create_model
+    from overparam_zoo.registry.variants import create_model
 
     folder = Path(folder)
     config = _read_config(folder)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from overparam_zoo.names import op_models
+from overparam_zoo.registry import op_models
 
 __all__ = ["Zoo", "TimmZoo", "TorchvisionZoo", "ZOOS", "get_zoo"]
 

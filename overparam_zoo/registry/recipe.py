@@ -165,7 +165,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (``yaml.safe_load``).
 
     Base-model names are checked against the zoo when the recipe is registered
-    (:func:`overparam_zoo.names.registry.register_recipe`), and layer rules when a variant is built.
+    (:func:`overparam_zoo.registry.variants.register_recipe`), and layer rules when a variant is built.
 
     Raises:
         RecipeError: naming the file, the key path and what was expected.

@@ -1,4 +1,4 @@
-"""Folding a chain's gained bias into the BatchNorm that follows it.
+"""The collapse-time bias fold: a chain's gained bias folded into the BatchNorm that follows it.
 
 A chain with batch norm inside has an effective bias even when the stock layer has none
 (e.g. ResNet convs). The stock architecture has no place for it, but the BatchNorm reading
@@ -7,6 +7,9 @@ with running mean ``m - b``. Finding that BatchNorm needs the data flow, so the 
 traced with torch.fx (chains and batch norms as leaves); the fold is refused unless the
 layer's output goes to exactly one BatchNorm. Libraries whose models need some modules or
 functions left untraced (timm's no-trace lists) say so once, with :func:`register_trace_options`.
+
+Not to be confused with the training-time batch-norm merge (:mod:`overparam.bn_merge`), which
+runs a batch norm *inside* an expanded chain as a scaling of the next factor.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The module timm's registry lists op variants under (``timm.list_modules()`` shows
-``op_models``); :mod:`overparam_zoo.names.zoos` fills ``default_cfgs`` and ``__all__``."""
+``op_models``); :mod:`overparam_zoo.registry.zoos` fills ``default_cfgs`` and ``__all__``."""
 
 from typing import Any
 

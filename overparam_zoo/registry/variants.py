@@ -1,7 +1,7 @@
 """How a name becomes a model: one door for op variants, timm models and torchvision models.
 
 Variants come from recipes and are registered into timm's and torchvision's registries (through
-the adapters in :mod:`overparam_zoo.names.zoos`), so ``timm.create_model("resnet18_op_d2", **kwargs)``
+the adapters in :mod:`overparam_zoo.registry.zoos`), so ``timm.create_model("resnet18_op_d2", **kwargs)``
 builds the base ``resnet18`` with the same kwargs (``num_classes``, ``in_chans``,
 ``drop_path_rate``, ``features_only``, ...), then converts its layers by the recipe.
 ``pretrained=True`` loads the base's weights the usual timm way and expands them exactly into
@@ -24,9 +24,9 @@ from torch import nn
 from overparam import convert_model
 from overparam.convert import ConversionReport, LayerConversionError
 from overparam_zoo.errors import RecipeError, UnknownModelError
-from overparam_zoo.names.plugins import get_plugin_manager
-from overparam_zoo.names.recipe import Recipe, Variant, is_glob, load_recipe
-from overparam_zoo.names.zoos import ZOOS, Zoo, get_zoo
+from overparam_zoo.registry.plugins import get_plugin_manager
+from overparam_zoo.registry.recipe import Recipe, Variant, is_glob, load_recipe
+from overparam_zoo.registry.zoos import ZOOS, Zoo, get_zoo
 
 __all__ = [
     "BASES_ENV",
