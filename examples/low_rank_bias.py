@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from overparam import OverparamLinear, init_chain_
-from overparam.analysis import effective_rank, singular_values
+from overparam import OverparamLinear, effective_rank, init_chain_, singular_values
 
 
 @dataclass

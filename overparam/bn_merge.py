@@ -34,7 +34,7 @@ class _BatchMoments(torch.autograd.Function):
     running statistics as a training batch norm does, with a one-pass backward."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx, x: Tensor, running_mean: Tensor, running_var: Tensor, momentum: float
     ) -> tuple[Tensor, Tensor]:
         mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
@@ -42,7 +42,7 @@ class _BatchMoments(torch.autograd.Function):
         return mean, var
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_mean: Tensor, grad_var: Tensor
     ) -> tuple[Tensor, None, None, None]:
         x, mean = ctx.saved_tensors  # type: ignore[attr-defined]

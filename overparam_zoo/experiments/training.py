@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -125,8 +125,9 @@ def make_loaders(
         use_prefetcher=False,
         device=torch.device(settings.device),
     )
+    # timm annotates its own dataset classes; any with a `transform` attribute is what it needs
     train = create_loader(
-        copy.copy(data.train),
+        cast(Any, copy.copy(data.train)),
         batch_size=settings.batch_size,
         is_training=True,
         no_aug=not settings.augment,
@@ -134,7 +135,7 @@ def make_loaders(
         hflip=settings.hflip,
         **common,
     )
-    test = create_loader(copy.copy(data.test), batch_size=max(settings.batch_size, 256), is_training=False, **common)
+    test = create_loader(cast(Any, copy.copy(data.test)), batch_size=max(settings.batch_size, 256), is_training=False, **common)
     return train, test
 
 

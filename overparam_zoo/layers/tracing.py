@@ -20,7 +20,7 @@ def timm_trace_options() -> dict[str, Any]:
     return {"leaf_modules": tuple(get_notrace_modules()), "autowrap_functions": tuple(get_notrace_functions())}
 
 
-def _chain_classes(cls: type = OverparamChain) -> Iterator[type]:
+def _chain_classes(cls: type[OverparamChain] = OverparamChain) -> Iterator[type[OverparamChain]]:
     yield cls
     for sub in cls.__subclasses__():
         yield from _chain_classes(sub)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
-from overparam_zoo.registry.hookspecs import hookimpl
+from overparam_zoo.registry.hookspecs import Converter, hookimpl
 
 __all__ = ["builtin_recipe_dir"]
 
@@ -34,7 +33,7 @@ def overparam_zoo_recipe_paths() -> list[str | Path]:
 
 
 @hookimpl
-def overparam_zoo_converters() -> dict[type[nn.Module], Any]:
+def overparam_zoo_converters() -> dict[type[nn.Module], Converter]:
     from overparam_zoo.layers.chains import TIMM_CONVERTERS
 
     return dict(TIMM_CONVERTERS)
