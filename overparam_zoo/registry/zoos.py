@@ -92,6 +92,18 @@ class Zoo(ABC):
         """The hub id of the pretrained weights a run named ``trained_name`` started from."""
         return None
 
+    def _taken(self, variant: Variant) -> bool:
+        """Whether ``variant.name`` is already a model of this zoo; then a warning says the variant
+        is not registered (the zoo's own model keeps the name)."""
+        if not self.is_model(variant.name):
+            return False
+        warnings.warn(
+            f"overparam_zoo: {variant.name} is already a {self.name} model; the variant from "
+            f"{variant.recipe.path} is not registered",
+            stacklevel=5,
+        )
+        return True
+
 
 class TimmZoo(Zoo):
     """timm: variants are registered into timm's registry under the module ``op_models``."""
@@ -142,15 +154,9 @@ class TimmZoo(Zoo):
         return build
 
     def register(self, variant: Variant, builder: Builder) -> bool:
-        import timm
         from timm.models import register_model
 
-        if timm.is_model(variant.name):
-            warnings.warn(
-                f"overparam_zoo: {variant.name} is already a timm model; the variant from "
-                f"{variant.recipe.path} is not registered",
-                stacklevel=4,
-            )
+        if self._taken(variant):
             return False
         if not variant.recipe.is_generic:
             # a registry cfg costs ~0.5 ms (timm deep-copies the base's): worth it for the named
@@ -294,12 +300,7 @@ class TorchvisionZoo(Zoo):
                 stacklevel=4,
             )
             return False
-        if self.is_model(variant.name):
-            warnings.warn(
-                f"overparam_zoo: {variant.name} is already a torchvision model; the variant from "
-                f"{variant.recipe.path} is not registered",
-                stacklevel=4,
-            )
+        if self._taken(variant):
             return False
         register(variant.name)(builder)
         return True
