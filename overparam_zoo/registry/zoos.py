@@ -16,6 +16,7 @@ stands in for it before.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -253,6 +254,7 @@ class TorchvisionZoo(Zoo):
         return None
 
     @staticmethod
+    @functools.cache  # a base has several variants
     def _weights_enum(base: str) -> type | None:
         """The base's ``WeightsEnum`` class, ``None`` for a builder without one."""
         import torchvision.models
