@@ -26,15 +26,16 @@ from torch import nn
 
 def load_pair(args: argparse.Namespace) -> tuple[nn.Module, nn.Module, tuple[int, ...], str]:
     """(float32 model, INT8 module, input size C,H,W, what was loaded)."""
-    from overparam_zoo.sharing.quantize import INT8_NAME, load_export, quantize_model
+    from overparam_zoo import ExportFolder, quantize_model
 
     if args.export_dir is not None:
-        model, config = load_export(args.export_dir)
-        path = Path(args.int8 or Path(args.export_dir) / INT8_NAME)
+        export = ExportFolder.open(args.export_dir)
+        path = Path(args.int8 or export.path / "model_int8.pt2")
         if not path.is_file():
             sys.exit(f"int8_speed: {path} is missing; run `overparam-zoo quantize {args.export_dir}` first")
         int8 = torch.export.load(path).module()
-        return model, int8, tuple(config["pretrained_cfg"]["input_size"]), f"{args.export_dir} ({path.name})"
+        size = tuple(export.pretrained_cfg["input_size"])
+        return export.load_model(), int8, size, f"{args.export_dir} ({path.name})"
     import timm
 
     torch.manual_seed(0)

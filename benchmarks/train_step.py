@@ -288,6 +288,7 @@ def path_check(name: str, depth: int, batch: int, res: int, opts: Options, repea
     """
     from overparam.chain import OverparamChain
     from overparam.cost import prefer_composed
+    from overparam.path_timing import time_paths
 
     _, op = create_pair(name, depth, False)
     _prepare(op, opts).train()
@@ -319,7 +320,7 @@ def path_check(name: str, depth: int, batch: int, res: int, opts: Options, repea
         chain, inp = entry["chain"], entry["x"]
         probe = torch.randn_like(inp).requires_grad_(inp.requires_grad)
         with _autocast(opts):
-            composed, expanded = chain.time_paths(probe, repeats=repeats)
+            composed, expanded = time_paths(chain, probe, repeats=repeats)
         counted = prefer_composed(chain.plan, tuple(inp.shape), inp.requires_grad)
         picked, best = composed if counted else expanded, min(composed, expanded)
         n = len(entry["paths"])

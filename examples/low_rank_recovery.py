@@ -37,8 +37,7 @@ from pathlib import Path
 
 import torch
 
-from overparam import OverparamLinear
-from overparam.analysis import effective_rank
+from overparam import OverparamLinear, effective_rank
 
 
 @dataclass(frozen=True)

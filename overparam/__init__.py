@@ -3,6 +3,8 @@
 Huh et al., "The Low-Rank Simplicity Bias in Deep Networks", TMLR 2023.
 """
 
+from ._version import __version__
+from .analysis import LayerSpectrum, effective_rank, embedding_effective_rank, singular_values, spectrum
 from .chain import OverparamChain
 from .convert import (
     ConversionReport,
@@ -17,9 +19,8 @@ from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
 from .options import ChainOptionError, ChainOptions
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "OverparamChain",
     "ChainOptions",
     "ChainOptionError",
@@ -36,4 +37,9 @@ __all__ = [
     "init_chain_",
     "expand_into_",
     "expand_pretrained",
+    "singular_values",
+    "effective_rank",
+    "spectrum",
+    "embedding_effective_rank",
+    "LayerSpectrum",
 ]

@@ -9,18 +9,19 @@ whenever a factor or BN tensor changes. Both paths compute the same function.
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .compose import _apply_to_constant, bn_affine, collapse_chain
+from .bn_merge import merge_batch_norm, scale_input_channels
+from .compose import bn_affine, collapse_chain
 from .cost import prefer_composed
+from .path_timing import time_paths
 from .plan import ChainPlan
 
 __all__ = ["OverparamChain", "TrainPath", "PathChoice"]
@@ -29,9 +30,17 @@ TrainPath = Literal["auto", "expanded", "composed"]
 #: how ``train_path="auto"`` chooses: counted multiply-adds, or both paths timed once per shape
 PathChoice = Literal["count", "measure"]
 
-_CONV_MODULES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_BN_MODULES: dict[int, type[nn.Module]] = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: one factor of a chain: a stock Linear or ConvNd without padding
+Factor = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+#: the ConvNd class per spatial dimension (its tuple arguments have that length)
+_CONV_MODULES: dict[int, Callable[..., Factor]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BN_MODULES: dict[int, type[nn.modules.batchnorm._BatchNorm]] = {
+    0: nn.BatchNorm1d,
+    1: nn.BatchNorm1d,
+    2: nn.BatchNorm2d,
+    3: nn.BatchNorm3d,
+}
+_CONV_FUNCTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -44,6 +53,8 @@ class OverparamChain(nn.Module):
     """
 
     plan: ChainPlan
+    factors: nn.ModuleList
+    norms: nn.ModuleList | None
     #: ``None``, or why the layer has no factor-by-factor form (its function transforms the
     #: effective weight non-linearly, see :meth:`_transform_weight`): such a chain trains
     #: composed only and refuses options that need the expanded path (batch norm)
@@ -55,7 +66,7 @@ class OverparamChain(nn.Module):
     #: the class default; set per chain through :attr:`path_choice`
     _path_choice: PathChoice = "count"
 
-    def __init__(self, plan: ChainPlan, *, device=None, dtype=None) -> None:
+    def __init__(self, plan: ChainPlan, *, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if self.composed_only is not None and plan.batch_norm:
             raise ValueError(
@@ -64,7 +75,7 @@ class OverparamChain(nn.Module):
             )
         self.plan = plan
         factory = {"device": device, "dtype": dtype}
-        factors = []
+        factors: list[Factor] = []
         for i, k in enumerate(plan.kernels):
             c_in, c_out = plan.channels[i], plan.channels[i + 1]
             if plan.ndim == 0:
@@ -94,6 +105,16 @@ class OverparamChain(nn.Module):
         self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
 
     # ------------------------------------------------------------------ structure
+    @property
+    def factor_layers(self) -> Sequence[Factor]:
+        """The factors, typed (``factors`` is their ``nn.ModuleList``)."""
+        return cast("Sequence[Factor]", self.factors)
+
+    @property
+    def norm_layers(self) -> Sequence[nn.modules.batchnorm._BatchNorm] | None:
+        """The batch norms between factors, typed; ``None`` without batch norm."""
+        return cast("Sequence[nn.modules.batchnorm._BatchNorm] | None", self.norms)
+
     @property
     def depth(self) -> int:
         return self.plan.depth
@@ -129,7 +150,7 @@ class OverparamChain(nn.Module):
         ``"count"`` (default): by counted multiply-adds (:func:`overparam.cost.prefer_composed`),
         free and deterministic, tuned where compute is the only cost. ``"measure"``: the first
         training forward of each input shape, dtype, device and autocast state times both
-        paths (:meth:`time_paths`) and keeps the faster, for devices where kernel launches,
+        paths (:func:`overparam.path_timing.time_paths`) and keeps the faster, for devices where kernel launches,
         memory traffic or tensor-core shapes decide. Both paths compute the same function, so
         the choice changes speed only. Under ``torch.compile`` or without grad it counts.
         """
@@ -151,16 +172,17 @@ class OverparamChain(nn.Module):
         forward, and ``nn.Module.__getattr__`` would cost more than a small conv.
         """
         tensors: list[Tensor] = []
-        for f in self._modules["factors"]._modules.values():  # type: ignore[union-attr]
+        factors = cast(nn.Module, self._modules["factors"])
+        for f in cast("dict[str, nn.Module]", factors._modules).values():
             params = f._parameters
-            weight = params["weight"] if "weight" in params else f.weight  # parametrized: a fresh tensor
-            tensors.append(weight)
+            weight = params["weight"] if "weight" in params else cast(Tensor, f.weight)  # parametrized: fresh
+            tensors.append(cast(Tensor, weight))
             bias = params.get("bias")
             if bias is not None:
                 tensors.append(bias)
         norms = self._modules.get("norms")
         if norms is not None:
-            for bn in norms._modules.values():
+            for bn in cast("dict[str, nn.Module]", norms._modules).values():
                 params, buffers = bn._parameters, bn._buffers
                 for t in (
                     params.get("weight"),
@@ -174,15 +196,16 @@ class OverparamChain(nn.Module):
 
     def effective_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """Collapse the chain now, with autograd, in the parameters' dtype (never autocast)."""
-        device_type = self.factors[0].weight.device.type
+        factors, norms = self.factor_layers, self.norm_layers
+        device_type = factors[0].weight.device.type
         # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs)
         no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
         with no_autocast:
             return collapse_chain(
                 self.plan,
-                [f.weight for f in self.factors],
-                [f.bias for f in self.factors],
-                [None] * self.depth if self.norms is None else [bn_affine(bn) for bn in self.norms],
+                [f.weight for f in factors],
+                [f.bias for f in factors],
+                [None] * self.depth if norms is None else [bn_affine(bn) for bn in norms],
             )
 
     def _cached_weight_and_bias(self, tensors: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
@@ -233,7 +256,7 @@ class OverparamChain(nn.Module):
         plan = self.plan
         if plan.ndim == 0:
             return F.linear(x, weight, bias)
-        padding = plan.conv_padding
+        padding: tuple[int, ...] | int | None = plan.conv_padding
         if padding is None:
             x, padding = self._pad(x), 0
         return _CONV_FUNCTIONS[plan.ndim](x, weight, bias, plan.stride, padding, plan.dilation, plan.groups)
@@ -275,10 +298,8 @@ class OverparamChain(nn.Module):
         for backward) unless an identity skip needs the padded input.
 
         In training, a batch norm between two factors (no skip leaving or entering there) is
-        folded into the next factor: its batch statistics are taken from the map, and the next
-        factor runs with its weight scaled per input channel and the shift as a bias, so the
-        normalised map is never written, read again or saved for backward. Same function,
-        same gradients and running statistics as the module; see :func:`_fold_batch_norm`.
+        merged into the next factor (:mod:`overparam.bn_merge`): same function, same gradients
+        and running statistics as the module, without writing the normalised map.
         """
         plan = self.plan
         lead = None
@@ -292,25 +313,25 @@ class OverparamChain(nn.Module):
             x = self._pad(x)
         sources = plan.skip_sources
         saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
-        norms = self.norms
-        fold = norms is not None and self.training and not torch.compiler.is_compiling()
-        folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of the batch norm before this factor
-        for i, factor in enumerate(self.factors, start=1):
+        norms = self.norm_layers
+        merge = norms is not None and self.training and not torch.compiler.is_compiling()
+        merged: tuple[Tensor, Tensor] | None = None  # (scale, shift) of the batch norm before this factor
+        for i, factor in enumerate(self.factor_layers, start=1):
             if i == 1 and first_padding is not None:
                 x = _CONV_FUNCTIONS[plan.ndim](
                     x, factor.weight, factor.bias, factor.stride, first_padding, factor.dilation, factor.groups
                 )
-            elif folded is not None:
-                weight, bias = _scale_input_channels(factor.weight, factor.bias, *folded, plan.groups)
-                x = F.linear(x, weight, bias) if plan.ndim == 0 else factor._conv_forward(x, weight, bias)
-                folded = None
+            elif merged is not None:
+                weight, bias = scale_input_channels(factor.weight, factor.bias, *merged, plan.groups)
+                x = F.linear(x, weight, bias) if isinstance(factor, nn.Linear) else factor._conv_forward(x, weight, bias)
+                merged = None
             else:
                 x = factor(x)
             if norms is not None:
                 bn = norms[i - 1]
-                if fold and i < plan.depth and i not in sources and not plan.skips_into(i):
-                    folded = _fold_batch_norm(bn, x)
-                if folded is None:
+                if merge and i < plan.depth and i not in sources and not plan.skips_into(i):
+                    merged = merge_batch_norm(bn, x)
+                if merged is None:
                     x = bn(x)
             for skip in plan.skips_into(i):
                 x = x + _crop(saved[skip.source], skip.offset, skip.step, x.shape[2:])
@@ -322,38 +343,6 @@ class OverparamChain(nn.Module):
         """:meth:`composed_forward` of a prepared input."""
         weight, bias = self.effective_weight_and_bias()
         return self._single_layer(x, self._transform_weight(weight), bias)
-
-    def time_paths(self, x: Tensor, repeats: int = 3) -> tuple[float, float]:
-        """Median seconds of one forward + backward of the composed and of the expanded path
-        on a prepared input like ``x`` (device-synchronised; in the current autocast state).
-
-        Gradients are taken with ``torch.autograd.grad``, so no ``.grad`` is touched. A chain
-        with batch norm (or a composed-only one) has a single training path: ``ValueError``.
-        """
-        if self.plan.batch_norm or self.composed_only is not None:
-            raise ValueError(f"{type(self).__name__} has a single training path here; nothing to time")
-        probe = x.detach().requires_grad_(x.requires_grad)
-        params = [p for p in self.parameters() if p.requires_grad]
-        inputs = params + ([probe] if probe.requires_grad else [])
-        sync = torch.cuda.synchronize if probe.is_cuda else (lambda: None)
-
-        def run(forward) -> float:
-            sync()
-            start = time.perf_counter()
-            out = forward(probe)
-            if inputs:
-                torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
-            sync()
-            return time.perf_counter() - start
-
-        paths = (self._composed_forward, self._expanded_forward)
-        for forward in paths:  # warm-up: kernel selection, allocator
-            run(forward)
-        times: tuple[list[float], list[float]] = ([], [])
-        for r in range(repeats):
-            for i in (0, 1) if r % 2 == 0 else (1, 0):
-                times[i].append(run(paths[i]))
-        return statistics.median(times[0]), statistics.median(times[1])
 
     def _prefers_composed(self, x: Tensor) -> bool:
         if self._train_path != "auto":
@@ -372,7 +361,7 @@ class OverparamChain(nn.Module):
         choice = self._path_by_shape.get(key)
         if choice is None:
             if measure:
-                composed, expanded = self.time_paths(x)
+                composed, expanded = time_paths(self, x)
                 choice = composed < expanded
             else:
                 choice = prefer_composed(self.plan, shape, needs_input_grad)
@@ -398,7 +387,7 @@ class OverparamChain(nn.Module):
         weight, bias = self._weight_and_bias()
         factory = {"device": weight.device, "dtype": weight.dtype}
         if plan.ndim == 0:
-            module: nn.Module = nn.Linear(plan.in_channels, plan.out_channels, bias=bias is not None, **factory)
+            module: Factor = nn.Linear(plan.in_channels, plan.out_channels, bias=bias is not None, **factory)
         else:
             symmetric = all(left == right for left, right in plan.padding)
             module = _CONV_MODULES[plan.ndim](
@@ -413,10 +402,10 @@ class OverparamChain(nn.Module):
                 padding_mode=plan.padding_mode,
                 **factory,
             )
-        requires_grad = self.factors[0].weight.requires_grad
+        requires_grad = self.factor_layers[0].weight.requires_grad
         with torch.no_grad():
             module.weight.copy_(weight)
-            if bias is not None:
+            if bias is not None and module.bias is not None:  # built with a bias exactly then
                 module.bias.copy_(bias)
         module.requires_grad_(requires_grad)
         return module.train(self.training)
@@ -453,76 +442,6 @@ class OverparamChain(nn.Module):
         if plan.skips:
             parts.append("skips=" + ",".join(f"{s.source}->{s.target}" for s in plan.skips))
         return ", ".join(parts)
-
-
-_PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-#: Smallest map (elements) whose batch norm is folded. Folding saves about four passes over
-#: the map per step (~16 bytes per float32 element, ~1.6 ns at 10 GB/s) and costs about 25
-#: small tensor operations (~5 us each, ~125 us) for the statistics and the scaled weight:
-#: the two break even near 2**16 elements; below 2**17 the module runs.
-_FOLD_MIN_ELEMENTS = 2**17
-
-
-class _BatchMoments(torch.autograd.Function):
-    """Per-channel batch mean and biased variance of ``x`` (``[N, C, *]``), updating the
-    running statistics as a training batch norm does, with a one-pass backward."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, running_mean: Tensor, running_var: Tensor, momentum: float):
-        mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
-        ctx.save_for_backward(x, mean)
-        return mean, var
-
-    @staticmethod
-    def backward(ctx, grad_mean: Tensor, grad_var: Tensor):
-        x, mean = ctx.saved_tensors
-        n = x.numel() // x.shape[1]
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        # d mean / dx = 1/n, d var / dx = 2 (x - mean) / n: one fused pass over x
-        beta = grad_var * (2.0 / n)
-        alpha = grad_mean / n - beta * mean
-        return torch.addcmul(alpha.view(shape), x, beta.view(shape)), None, None, None
-
-
-def _fold_batch_norm(bn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
-    """A training-mode batch norm of ``x`` as a per-channel ``(scale, shift)`` of its batch
-    statistics, with the module's running statistics and batch count updated exactly as its
-    forward would; ``None`` (the module must run itself) for anything but a plain affine
-    ``BatchNormNd`` with running statistics in ``x``'s dtype (autocast, SyncBatchNorm,
-    a single value per channel, which the module refuses), and for maps too small to gain
-    (``_FOLD_MIN_ELEMENTS``)."""
-    if (
-        type(bn) not in _PLAIN_BATCH_NORMS
-        or not bn.training
-        or not bn.affine
-        or not bn.track_running_stats
-        or bn.running_mean is None
-        or bn.weight.dtype != x.dtype
-        or x.numel() < max(_FOLD_MIN_ELEMENTS, x.shape[1] + 1)
-        or torch.is_autocast_enabled(x.device.type)
-    ):
-        return None
-    bn.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    mean, var = _BatchMoments.apply(x, bn.running_mean, bn.running_var, momentum)
-    scale = bn.weight * torch.rsqrt(var + bn.eps)
-    return scale, bn.bias - mean * scale
-
-
-def _scale_input_channels(
-    weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, groups: int
-) -> tuple[Tensor, Tensor]:
-    """Weight and bias of ``factor(scale * x + shift)`` for a factor without padding: the
-    weight scaled per input channel, and the factor applied to the constant ``shift`` map."""
-    if weight.dim() == 2:
-        scaled, extra = weight * scale, weight @ shift
-    else:
-        out_ch, per_group = weight.shape[:2]
-        kernel = weight.shape[2:]
-        grouped = weight.reshape(groups, out_ch // groups, per_group, *kernel)
-        scaled = (grouped * scale.reshape(groups, 1, per_group, *(1,) * len(kernel))).reshape(weight.shape)
-        extra = _apply_to_constant(weight, shift, groups)
-    return scaled, extra if bias is None else extra + bias
 
 
 def _crop(source: Tensor, offset: tuple[int, ...], step: tuple[int, ...], size: torch.Size) -> Tensor:

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .bias_fold import find_following_batch_norms, needs_bias_fold
 from .chain import OverparamChain
 from .expand import expand_into_
-from .fold import find_following_batch_norms, needs_bias_fold
 from .init import init_chain_
 from .layers import OverparamConv1d, OverparamConv2d, OverparamConv3d, OverparamLinear
 from .options import ChainOptions
@@ -362,7 +362,7 @@ def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None
 
     The result's ``state_dict`` loads with ``strict=True`` into the unmodified architecture:
     a bias that batch norm inside a chain adds to a bias-free layer is folded into the
-    BatchNorm that follows it (see :mod:`overparam.fold`), or a ``ValueError`` names the layer.
+    BatchNorm that follows it (see :mod:`overparam.bias_fold`), or a ``ValueError`` names the layer.
     A chain shared by several paths is fused once and the same stock layer is set at each.
 
     Args:

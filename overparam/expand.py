@@ -34,7 +34,8 @@ def _identity_skip_target(chain: OverparamChain, weight: Tensor) -> Tensor:
     per_group = weight.shape[1]
     centre = tuple(k // 2 for k in weight.shape[2:])
     rows = torch.arange(weight.shape[0])
-    identity[(rows, rows % per_group, *[torch.full_like(rows, c) for c in centre])] = 1
+    index = (rows, rows % per_group, *[torch.full_like(rows, c) for c in centre])
+    identity[index] = 1
     return weight - identity
 
 
@@ -59,7 +60,7 @@ def _svd_split(chain: OverparamChain, target: Tensor) -> None:
     first = padded(root.unsqueeze(-1) * vh, hidden_per_group, None)  # [g, h/g, in/g*K]
     last = padded(u * root.unsqueeze(-2), None, hidden_per_group)  # [g, out/g, h/g]
     middle = padded(torch.diag_embed(root), hidden_per_group, hidden_per_group)
-    factors = chain.factors
+    factors = chain.factor_layers
     with torch.no_grad():
         w0 = factors[0].weight
         w0.copy_(first.reshape(w0.shape))
@@ -74,7 +75,7 @@ def _svd_split(chain: OverparamChain, target: Tensor) -> None:
 
 def _fit_split(chain: OverparamChain, target: Tensor, steps: int) -> None:
     """Least-squares fit of the factors for splits with no closed form (several big kernels)."""
-    params = [f.weight for f in chain.factors]
+    params = [f.weight for f in chain.factor_layers]
     opt = torch.optim.Adam(params, lr=1e-2)
     scale = target.norm().clamp_min(1e-12)
     for _ in range(steps):
@@ -109,14 +110,16 @@ def expand_into_(chain: OverparamChain, weight: Tensor, bias: Tensor | None = No
     if (bias is not None) and not plan.has_bias:
         raise ValueError("a stock bias cannot be expanded into a chain with no factor bias and no batch norm")
     with torch.no_grad():
-        for f in chain.factors:
+        for f in chain.factor_layers:
             if f.bias is not None:
                 f.bias.zero_()
-        if chain.norms is not None:
-            for bn in chain.norms:
+        norms = chain.norm_layers
+        if norms is not None:
+            for bn in norms:
                 bn.reset_parameters()
-                bn.running_var.fill_(1.0 - bn.eps)
-    target = _identity_skip_target(chain, weight.detach().to(chain.factors[0].weight.dtype))
+                if bn.running_var is not None:  # a chain's batch norms track statistics
+                    bn.running_var.fill_(1.0 - bn.eps)
+    target = _identity_skip_target(chain, weight.detach().to(chain.factor_layers[0].weight.dtype))
     single_kernel = all(all(k == 1 for k in ks) for ks in plan.kernels[1:])
     if single_kernel:
         _svd_split(chain, target)
@@ -125,10 +128,10 @@ def expand_into_(chain: OverparamChain, weight: Tensor, bias: Tensor | None = No
             _fit_split(chain, weight.detach(), fit_steps)
     with torch.no_grad():
         if bias is not None:
-            if plan.bias:
-                chain.factors[-1].bias.copy_(bias)
-            else:
-                chain.norms[-1].bias.copy_(bias)
+            norms = chain.norm_layers
+            shift = chain.factor_layers[-1].bias if plan.bias or norms is None else norms[-1].bias
+            assert shift is not None  # plan.has_bias: the last factor's bias, else the last batch norm's
+            shift.copy_(bias)
         effective, _ = chain.effective_weight_and_bias()
         return float((effective - weight).norm() / weight.norm().clamp_min(1e-300))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from .options import ChainOptions
 from .options import as_int as _as_int
@@ -110,14 +111,16 @@ class ChainPlan:
         return tuple(s for s in self.skips if s.target == node)
 
 
-def _ntuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+def _ntuple(value: object, ndim: int, name: str) -> tuple[int, ...]:
+    """``value`` (an int, or a sequence of ``ndim`` ints, as the user gave it) as ``ndim`` ints."""
     single = _as_int(value)
     if single is not None:
         return (single,) * ndim
     if isinstance(value, Sequence) and len(value) == ndim:
         items = [_as_int(v) for v in value]
-        if all(v is not None for v in items):
-            return tuple(items)  # type: ignore[arg-type]
+        ints = [v for v in items if v is not None]
+        if len(ints) == ndim:
+            return tuple(ints)
     raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
 
 
@@ -138,17 +141,19 @@ def _factor_kernels(
             return ((),) * depth
         first = _ntuple(1 if kernel_sizes is None else kernel_sizes, ndim, "kernel_sizes")
         return (first,) + ((1,) * ndim,) * (depth - 1)
-    if depth is not None and depth != len(kernel_sizes):
+    split = cast("Sequence[int | Sequence[int]]", kernel_sizes)  # not an int: one kernel per factor
+    if depth is not None and depth != len(split):
         raise ValueError(
-            f"depth={depth} disagrees with kernel_sizes={list(kernel_sizes)} "
-            f"({len(kernel_sizes)} factors); a list of kernel sizes sets the depth"
+            f"depth={depth} disagrees with kernel_sizes={list(split)} "
+            f"({len(split)} factors); a list of kernel sizes sets the depth"
         )
-    return tuple(_ntuple(k, ndim, f"kernel_sizes[{i}]") for i, k in enumerate(kernel_sizes))
+    return tuple(_ntuple(k, ndim, f"kernel_sizes[{i}]") for i, k in enumerate(split))
 
 
 def _intervals(residual_intervals: int | Sequence[int], depth: int) -> list[int]:
     """Distinct intervals, ``-1`` resolved to the whole chain (values already validated)."""
-    raw = [residual_intervals] if _as_int(residual_intervals) is not None else list(residual_intervals)  # type: ignore[arg-type]
+    single = _as_int(residual_intervals)
+    raw = [single] if single is not None else list(cast("Sequence[int]", residual_intervals))
     out: list[int] = []
     for n in raw:
         n = depth if n == -1 else int(n)

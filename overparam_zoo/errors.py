@@ -16,6 +16,7 @@ __all__ = [
     "RecipeError",
     "CheckpointError",
     "ExportError",
+    "ExportFolderError",
     "PublishError",
     "DataError",
     "AnalysisError",
@@ -62,8 +63,16 @@ class ExportError(OverparamZooError):
     """An export that cannot be done (occupied folder, weights that do not fit the base)."""
 
 
+class ExportFolderError(OverparamZooError):
+    """An export folder that cannot be used: not a folder, a missing file, a ``config.json`` that
+    is not the one ``overparam-zoo export`` writes, weights that do not load into the architecture
+    it names, a model card without front matter. The same error, with the same message, whichever
+    command (push, quantize, compare, verify, ...) meets the folder."""
+
+
 class PublishError(OverparamZooError):
-    """An export folder that cannot be published (invalid folder, no hub, no token)."""
+    """An export that cannot be published (no hub client, no token, diverged weights, a hub that
+    refuses or cannot be reached)."""
 
 
 class DataError(OverparamZooError):
@@ -84,9 +93,8 @@ class CompareError(OverparamZooError):
 
 
 class QuantizeError(OverparamZooError):
-    """An INT8 quantization that cannot be done (an incomplete export folder, no calibration
-    images, images whose channels or classes do not fit the model, a model torch.export cannot
-    capture)."""
+    """An INT8 quantization that cannot be done (no calibration images, images whose channels or
+    classes do not fit the model, a model torch.export cannot capture)."""
 
 
 class MissingExtraError(OverparamZooError, ImportError):

@@ -7,7 +7,7 @@ and to ``<output>/collapsed-best`` when the epoch is the best so far::
 
     python train.py --device-modules overparam_zoo.export_on_save --model resnet18_op_d2 ...
 
-Both go through :func:`overparam_zoo.sharing.export.export_collapsed`, hence through the
+Both go through :func:`overparam_zoo.export_collapsed`, hence through the
 ``overparam_zoo_export`` hook, so plugins can add outputs.
 """
 

@@ -69,14 +69,14 @@ def _process_state() -> dict[str, object]:
         state["CheckpointSaver.save_checkpoint"] = id(modules["timm.utils"].CheckpointSaver.__dict__["save_checkpoint"])
     if "torchvision.models._api" in modules:
         state["torchvision models"] = len(getattr(modules["torchvision.models._api"], "BUILTIN_MODELS", ()))
-    if "overparam_zoo.names.registry" in modules:
-        registry = modules["overparam_zoo.names.registry"]
+    if "overparam_zoo.registry.variants" in modules:
+        registry = modules["overparam_zoo.registry.variants"]
         state["op variants"] = (len(registry._VARIANTS), len(registry._REGISTERED))
-    if "overparam_zoo.names.op_models" in modules:
-        op_models = modules["overparam_zoo.names.op_models"]
+    if "overparam_zoo.registry.op_models" in modules:
+        op_models = modules["overparam_zoo.registry.op_models"]
         state["op_models"] = (len(op_models.__all__), len(op_models.__all__._members), len(op_models.default_cfgs))
-    if "overparam_zoo.names.plugins" in modules:
-        manager = modules["overparam_zoo.names.plugins"]._manager
+    if "overparam_zoo.registry.plugins" in modules:
+        manager = modules["overparam_zoo.registry.plugins"]._manager
         if manager is not None:  # created on first use; after that it must stay the same, with the same plugins
             state["plugin manager"] = (id(manager), sorted(name for name, _ in manager.list_name_plugin()))
     return state
@@ -125,7 +125,8 @@ def isolated_registries():
     import timm.models._registry as timm_registry
     from torchvision.models import _api
 
-    from overparam_zoo.names import op_models, registry
+    from overparam_zoo.registry import op_models
+    from overparam_zoo.registry import variants as registry
 
     timm_names = [k for k, v in vars(timm_registry).items() if isinstance(v, (dict, set)) and k.startswith("_m")]
     timm_saved = _snapshot(vars(timm_registry), timm_names)

@@ -16,13 +16,13 @@ from torch import nn
 
 from overparam import OverparamConv2d, collapse, collapsed_state_dict, convert_model, expand_pretrained
 from overparam.convert import LayerConversionError
-from overparam_zoo.names.converters import (
+from overparam_zoo.layers.chains import (
     OverparamConv2dSame,
     OverparamScaledStdConv2d,
     OverparamStdConv2d,
     convert_standardised_conv,
 )
-from overparam_zoo.names.registry import converters
+from overparam_zoo.registry.variants import converters
 
 from .helpers import randomize_, relative_error
 

@@ -79,7 +79,7 @@ def test_bad_config_json_beside_a_checkpoint(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     before = files_under(tmp_path)
     message = cli_error(capsys, ["verify", str(path)])  # no --model: the folder's config.json is read
-    assert message.startswith(f"cannot read {tmp_path / 'config.json'}: ")
+    assert message.startswith(f"{tmp_path / 'config.json'}: not readable JSON (JSONDecodeError: ")  # as every command says it
     assert files_under(tmp_path) == before
 
 

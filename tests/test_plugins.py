@@ -13,9 +13,9 @@ from torch import nn
 from overparam import OverparamConv2d, collapse, convert_model
 from overparam.convert import from_stock
 from overparam_zoo import apply_variant, get_plugin_manager, get_variant, hookimpl
-from overparam_zoo.names import plugins
-from overparam_zoo.names.plugins import DISABLE_ENV, reset_plugin_manager
-from overparam_zoo.names.registry import converters, register_all
+from overparam_zoo.registry import plugins
+from overparam_zoo.registry.plugins import DISABLE_ENV, reset_plugin_manager
+from overparam_zoo.registry.variants import converters, register_all
 
 from .helpers import randomize_, relative_error
 
@@ -171,8 +171,8 @@ def test_nothing_runs_at_interpreter_startup():
 def test_conv2d_same_converter_is_exact(dtype):
     from timm.layers import Conv2dSame
 
-    from overparam_zoo.names.converters import OverparamConv2dSame
-    from overparam_zoo.names.registry import converters as all_converters
+    from overparam_zoo.layers.chains import OverparamConv2dSame
+    from overparam_zoo.registry.variants import converters as all_converters
 
     model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), timm.layers.Linear(5, 5))
     from overparam import convert_model

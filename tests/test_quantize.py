@@ -17,17 +17,15 @@ import pytest
 import torch
 
 from overparam import OverparamChain, OverparamConv2d
+from overparam_zoo.checkpoints.folder import INT8_NAME, ExportFolder
 from overparam_zoo.cli import main
-from overparam_zoo.errors import QuantizeError
+from overparam_zoo.errors import ExportFolderError, QuantizeError
 from overparam_zoo.experiments.datasets import ArrayImageDataset, load_bundled
-from overparam_zoo.names.registry import create_model
+from overparam_zoo.registry.variants import create_model
 from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.quantize import (
-    INT8_NAME,
-    export_transform,
     image_batches,
-    load_export,
     quantize_export,
     quantize_model,
     record_int8,
@@ -185,7 +183,7 @@ def test_an_incomplete_export_folder_is_one_line_and_nothing_is_written(untraine
         (lambda f: edit_config(f, architecture=None), "config.json: 'architecture' is missing or not a str"),
         (lambda f: edit_config(f, architecture=3), "config.json: 'architecture' is missing or not a str"),
         (lambda f: edit_config(f, architecture="no_such_net"), "config.json names 'no_such_net', which is not a timm"),
-        (lambda f: edit_config(f, num_classes=7), "model.safetensors does not load into test_resnet: "),
+        (lambda f: edit_config(f, num_classes=7), "model.safetensors does not load into test_resnet(num_classes=7): "),
         (lambda f: edit_config(f, model_args={"no_such_arg": 1}), "config.json does not build test_resnet: "),
         (
             lambda f: edit_config(f, zoo="torchvision", pretrained_cfg=None),
@@ -202,8 +200,8 @@ def test_a_broken_export_folder_is_one_line_and_nothing_is_written(untrained_exp
     assert len(err) == 1 and err[0].startswith(f"overparam-zoo quantize: error: {folder / message.split(':')[0]}")
     assert message in err[0], err[0]
     assert snapshot(folder) == before
-    with pytest.raises(QuantizeError, match="is not a folder; expected the output folder of overparam-zoo export"):
-        load_export(folder / "README.md")
+    with pytest.raises(ExportFolderError, match="is not a folder; expected the output folder of overparam-zoo export"):
+        ExportFolder.open(folder / "README.md")
 
 
 def edit_config(folder, **changes):
@@ -385,15 +383,15 @@ def test_recording_twice_keeps_one_card_section_and_the_rest_of_the_card(untrain
 def test_images_are_preprocessed_by_the_exports_config_exactly_as_in_training(untrained_export, digits):
     from overparam_zoo.experiments.training import TrainSettings, make_loaders
 
-    _, config = load_export(untrained_export)
-    assert config["pretrained_cfg"]["input_size"] == [1, SIZE, SIZE]
-    ours = next(iter(image_batches(digits.test, export_transform(config), batch_size=256)))
+    export = ExportFolder.open(untrained_export)
+    assert export.pretrained_cfg["input_size"] == [1, SIZE, SIZE]
+    ours = next(iter(image_batches(digits.test, export.transform(), batch_size=256)))
     training = next(iter(make_loaders(copy.copy(digits), TrainSettings(input_size=SIZE))[1]))  # sets the transforms
     assert ours[0].shape == training[0].shape == (256, 1, SIZE, SIZE)
     assert torch.equal(ours[0], training[0]) and torch.equal(ours[1], training[1])
-    again = next(iter(image_batches(digits.test, export_transform(config), batch_size=256)))
+    again = next(iter(image_batches(digits.test, export.transform(), batch_size=256)))
     assert torch.equal(again[0], ours[0])  # a dataset whose transform timm's loader set is not transformed twice
-    subset = next(iter(image_batches(digits.train, export_transform(config), limit=5)))
+    subset = next(iter(image_batches(digits.train, export.transform(), limit=5)))
     assert subset[0].shape == (5, 1, SIZE, SIZE)
 
 
@@ -435,8 +433,7 @@ def test_int8_of_a_trained_export_is_close_to_float32_and_reloads_in_a_fresh_pro
     assert (folder / INT8_NAME).stat().st_size < len(weights) / 2  # INT8 weights only, not the float ones too
 
     # the file, in a process that cannot import overparam*, timm or torchvision, on any batch size
-    _, config = load_export(folder)
-    images, targets = map(torch.cat, zip(*image_batches(digits.test, export_transform(config))))
+    images, targets = map(torch.cat, zip(*image_batches(digits.test, ExportFolder.open(folder).transform())))
     torch.save(images, tmp_path / "images.pt")
     script = tmp_path / "load.py"
     script.write_text(BLOCK_ALL_BUT_TORCH)
@@ -456,8 +453,8 @@ def test_int8_of_a_trained_export_is_close_to_float32_and_reloads_in_a_fresh_pro
 
 @pytest.mark.slow
 def test_a_broken_calibration_fails_the_bound(trained_export, digits):
-    model, config = load_export(trained_export)
-    transform = export_transform(config)
+    export = ExportFolder.open(trained_export)
+    model, transform = export.load_model(), export.transform()
     evaluation = image_batches(digits.test, transform)
     good = quantize_model(model, image_batches(digits.train, transform, limit=256), evaluation).accuracy
     zeros = [(torch.zeros(64, 1, SIZE, SIZE), torch.zeros(64, dtype=torch.long))]

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from overparam_zoo import RecipeError, load_recipe, register_recipe
-from overparam_zoo.names.registry import apply_variant, check_variant
+from overparam_zoo.registry.variants import apply_variant, check_variant
 
 GOOD = """
 zoo: timm

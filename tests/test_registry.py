@@ -14,7 +14,7 @@ import torchvision
 import overparam_zoo
 from overparam import OverparamChain
 from overparam_zoo import collapsed_state_dict, create_model, get_variant, list_variants
-from overparam_zoo.names.registry import check_variant
+from overparam_zoo.registry.variants import check_variant
 
 from .helpers import randomize_, relative_error
 

@@ -8,7 +8,7 @@ from torch import nn
 import overparam_zoo
 from overparam import OverparamChain, collapse, collapsed_state_dict, convert_model
 from overparam.convert import LayerConversionError
-from overparam_zoo.names.registry import converters
+from overparam_zoo.registry.variants import converters
 
 from .helpers import relative_error
 

@@ -12,7 +12,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import overparam_zoo  # noqa: F401  (registers the variants)
 from overparam import OverparamChain, OverparamConv2d, OverparamLinear, convert_model
-from overparam_zoo.names.registry import converters
+from overparam_zoo.registry.variants import converters
 
 from .helpers import randomize_, relative_error
 

@@ -19,7 +19,7 @@ from torch import nn
 
 import overparam_zoo
 from overparam import OverparamChain, convert_model
-from overparam_zoo.names.registry import converters
+from overparam_zoo.registry.variants import converters
 
 from .helpers import relative_error
 

@@ -1,23 +1,41 @@
-"""Models by name or from a checkpoint file: the one function every command loads through."""
+"""Models by name or from a checkpoint file: the one function every command loads through.
+
+A checkpoint file is read once (:func:`~overparam_zoo.checkpoints.reading.read_checkpoint`): its
+weights build the model, its other entries (train.py's ``args``, ``epoch``) come back with it for
+the commands that describe the run (export).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from overparam.state import describe_mismatch
+from overparam_zoo.checkpoints.folder import ExportFolder
 from overparam_zoo.checkpoints.reading import looks_like_file, named_architectures, read_checkpoint
 from overparam_zoo.errors import CheckpointError, UnknownModelError, first_line
-from overparam_zoo.names.registry import create_model, resolve
+from overparam_zoo.registry.variants import create_model, resolve
 
-__all__ = ["load_model"]
+__all__ = ["Loaded", "load_model", "load"]
 
 
-def _architecture(path: Path, meta: dict, model: str | None) -> str:
+@dataclass
+class Loaded:
+    """A model in eval mode, the name it was built by, and the checkpoint's entries besides its
+    weights (empty for a model by name)."""
+
+    model: nn.Module
+    name: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _architecture(path: Path, meta: dict[str, Any], model: str | None) -> str:
     if model:
         return model
-    for name in named_architectures(path, meta):
+    for name in [*named_architectures(meta), *ExportFolder.names_beside(path)]:
         try:
             resolve(name)
             return name
@@ -28,8 +46,8 @@ def _architecture(path: Path, meta: dict, model: str | None) -> str:
     )
 
 
-def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = True) -> tuple[nn.Module, str]:
-    """A model by name, or the model a checkpoint holds, in eval mode; returns it and its name.
+def load(source: str | Path, *, model: str | None = None, use_ema: bool = True) -> Loaded:
+    """A model by name, or the model a checkpoint holds, with what the checkpoint says besides.
 
     Args:
         source: a model name (op variant, timm or torchvision) or a checkpoint file
@@ -40,12 +58,13 @@ def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = 
     Raises:
         UnknownModelError: for a name no zoo knows.
         CheckpointError: unreadable file, or a state dict that does not fit.
+        ExportFolderError: for a ``config.json`` beside the file that cannot be read.
     """
     source = str(source)
     if not looks_like_file(source):
         if model:
             raise CheckpointError(f"--model is for checkpoint files, but {source!r} is a model name, not a file")
-        return create_model(source).eval(), source
+        return Loaded(create_model(source).eval(), source)
     path = Path(source)
     state, meta = read_checkpoint(path, use_ema=use_ema)
     name = _architecture(path, meta, model)
@@ -59,4 +78,10 @@ def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = 
     if mismatch:
         raise CheckpointError(f"{path} does not fit {name}: {mismatch}")
     built.load_state_dict(state, strict=True)
-    return built.eval(), name
+    return Loaded(built.eval(), name, meta)
+
+
+def load_model(source: str | Path, *, model: str | None = None, use_ema: bool = True) -> tuple[nn.Module, str]:
+    """:func:`load`'s model and name (see there)."""
+    loaded = load(source, model=model, use_ema=use_ema)
+    return loaded.model, loaded.name

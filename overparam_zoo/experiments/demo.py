@@ -19,16 +19,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
+from overparam_zoo.checkpoints.folder import ExportFolder
 from overparam_zoo.errors import CompareError
-from overparam_zoo.experiments.compare import SCHEMA, CompareResult, load_export, run_compare
-from overparam_zoo.experiments.datasets import load_bundled
+from overparam_zoo.experiments.compare import SCHEMA, CompareResult, run_compare
+from overparam_zoo.experiments.datasets import ArrayImageDataset, load_bundled
 from overparam_zoo.experiments.training import TrainSettings, evaluate, make_loaders
 from overparam_zoo.extras import require
-from overparam_zoo.names.registry import resolve
+from overparam_zoo.registry.variants import resolve
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -161,15 +163,16 @@ def run_demo(
     op = next(r for r in result.runs if r["model"] == model)
     export_dir = Path(op["deployed"]["export_dir"])
     data = load_bundled("digits")
-    reference = evaluate(load_export(export_dir, found.zoo.name), make_loaders(data, settings)[1], settings.device)
-    fresh = _fresh_process_logits(export_dir, data.test.images)
+    test = cast(ArrayImageDataset, data.test)  # the digits: images and targets as arrays
+    reference = evaluate(ExportFolder.open(export_dir).load_model(), make_loaders(data, settings)[1], settings.device)
+    fresh = _fresh_process_logits(export_dir, test.images)
     predicted = fresh.argmax(1)
     same = op["deployed"]["predictions_equal"] and bool((predicted == reference.logits.argmax(1)).all())
     return DemoResult(
         compare=result,
         export_dir=export_dir,
         reported_top1=op["deployed"]["top1"],
-        fresh_top1=float((predicted == torch.as_tensor(data.test.targets)).double().mean()),
+        fresh_top1=float((predicted == torch.as_tensor(test.targets)).double().mean()),
         predictions_match=same,
         max_logit_difference=float((fresh - reference.logits).abs().max()),
         seconds=time.perf_counter() - start,

@@ -39,9 +39,9 @@ VERDICT_RULE = (
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     n = len(values)
-    mean = sum(values) / n if n else None
+    mean = sum(values) / n if n else 0.0
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "std": std, "per_seed": list(values)}
+    return {"mean": mean if n else None, "std": std, "per_seed": list(values)}
 
 
 def welch_verdict(model: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def welch_verdict(model: Sequence[float], base: Sequence[float]) -> dict[str, An
         p = float(ttest_ind(model, base, equal_var=False).pvalue)
     if math.isnan(p):  # both constant and equal
         p = 1.0
-    call = ("better" if difference > 0 else "worse") if p < ALPHA else "no difference"
+    call = ("better" if (difference or 0.0) > 0 else "worse") if p < ALPHA else "no difference"
     return {"difference": difference, "p_value": p, "call": call}
 
 

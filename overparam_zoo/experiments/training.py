@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from overparam import OverparamChain, OverparamLinear
 from overparam_zoo.errors import AnalysisError
 from overparam_zoo.experiments.datasets import ImageData
 from overparam_zoo.progress import Progress
+from overparam_zoo.sharing.quantize import LabelledImages
 
 __all__ = [
     "TrainSettings",
@@ -134,8 +135,9 @@ def make_loaders(
     """
     from timm.data import create_loader
 
+    # timm annotates its own dataset classes; any with a `transform` attribute is what it needs
     train = create_loader(
-        copy.copy(data.train),
+        cast(Any, copy.copy(data.train)),
         batch_size=settings.batch_size,
         is_training=True,
         no_aug=not settings.augment,
@@ -147,14 +149,17 @@ def make_loaders(
 
 
 def eval_loader(
-    dataset: torch.utils.data.Dataset, data: ImageData, settings: TrainSettings
+    dataset: LabelledImages, data: ImageData, settings: TrainSettings
 ) -> torch.utils.data.DataLoader:
     """A timm loader over ``dataset`` (a split of ``data``: its test images, or its training
     images to measure how well they are fitted) with the test preprocessing, in order."""
     from timm.data import create_loader
 
     return create_loader(
-        copy.copy(dataset), batch_size=max(settings.batch_size, 256), is_training=False, **_loader_args(data, settings)
+        cast(Any, copy.copy(dataset)),
+        batch_size=max(settings.batch_size, 256),
+        is_training=False,
+        **_loader_args(data, settings),
     )
 
 

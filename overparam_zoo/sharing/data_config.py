@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from overparam_zoo.errors import ExportError
+from overparam_zoo.registry.zoos import BuiltModel
 from overparam_zoo.sharing.metadata import DATA_KEYS, ExportMetadata, MetadataWarning
 
 __all__ = ["ARCHITECTURE_KEYS", "describe_weights", "exported_pretrained_cfg", "resolve_training_data_config"]
@@ -108,9 +109,10 @@ def describe_weights(model: nn.Module, metadata: ExportMetadata | None) -> dict[
         ExportError: for preprocessing the model cannot take, or not one label name per class.
     """
     fields: dict[str, Any] = {}
-    if hasattr(model, "pretrained_cfg"):
-        model.pretrained_cfg = exported_pretrained_cfg(model, metadata)
-        num_classes = model.num_classes
+    if hasattr(model, "pretrained_cfg"):  # a timm model
+        timm_model = cast(BuiltModel, model)
+        timm_model.pretrained_cfg = exported_pretrained_cfg(model, metadata)
+        num_classes = timm_model.num_classes
     else:
         num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
         if metadata is not None and metadata.license:

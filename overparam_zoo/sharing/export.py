@@ -1,7 +1,8 @@
 """Export: an op model's collapsed weights as a standard checkpoint of its base architecture.
 
-The folder holds ``model.safetensors`` and a timm ``config.json`` whose ``architecture`` is the
-base (written by timm's own ``save_config_for_hf``), so plain timm loads it with no plugin:
+The folder (:class:`~overparam_zoo.checkpoints.folder.ExportFolder`) holds ``model.safetensors``
+and a timm ``config.json`` whose ``architecture`` is the base (rendered by timm's own
+``save_config_for_hf``, :mod:`~overparam_zoo.checkpoints.formats`), so plain timm loads it with no plugin:
 ``timm.create_model("local-dir:DIR", pretrained=True)``. Provenance (variant, recipe hash,
 versions, the float64 collapse error on a probe input) sits at the top level of the JSON,
 where timm ignores it. Torchvision variants get the same two files; their state dict loads
@@ -24,7 +25,6 @@ into place at the end, so a failed export leaves nothing half-written.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import math
 import os
 import shutil
@@ -35,20 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from overparam import collapsed_state_dict
 from overparam.state import describe_mismatch
+from overparam_zoo.checkpoints.folder import PROVENANCE_KEY, WEIGHTS_NAME, ExportFolder, provenance
+from overparam_zoo.checkpoints.formats import export_format
 from overparam_zoo.errors import ExportError
 from overparam_zoo.files import usual_permissions
-from overparam_zoo.names.plugins import get_plugin_manager
-from overparam_zoo.names.recipe import Variant
-from overparam_zoo.names.registry import build_base, get_variant
-from overparam_zoo.names.zoos import get_zoo
+from overparam_zoo.registry.plugins import get_plugin_manager
+from overparam_zoo.registry.variants import build_base, get_variant
 from overparam_zoo.sharing.data_config import describe_weights
 from overparam_zoo.sharing.metadata import ExportMetadata
-from overparam_zoo.sharing.model_card import CARD_NAME, render_model_card
+from overparam_zoo.sharing.model_card import render_model_card
 from overparam_zoo.sharing.verify import (
     collapse_error,
     first_names,
@@ -59,11 +58,8 @@ from overparam_zoo.sharing.verify import (
     variant_of,
 )
 
-__all__ = ["ExportResult", "export_collapsed", "check_out_dir", "PROVENANCE_KEY", "PROGRESS_STEPS"]
+__all__ = ["ExportResult", "export_collapsed", "check_out_dir", "PROGRESS_STEPS"]
 
-PROVENANCE_KEY = "overparam_zoo"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 PROGRESS_STEPS = 4
 """How many times :func:`export_collapsed` calls its ``progress`` callback, for a caller's counter."""
 
@@ -77,29 +73,6 @@ class ExportResult:
     config: dict[str, Any]
     max_collapse_error: float
     extra_files: list[Path] = field(default_factory=list)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("overparam-zoo", "torch", "timm", "torchvision", "safetensors"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _provenance(variant: Variant, error: float, shape: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "variant": variant.name,
-        "zoo": variant.zoo,
-        "base": variant.base,
-        "recipe": variant.recipe.path.name,
-        "recipe_sha256": variant.recipe.sha256,
-        "versions": _versions(),
-        "max_collapse_error": error,
-        "probe_input_size": list(shape),
-    }
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
@@ -203,12 +176,11 @@ def export_collapsed(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = get_zoo(found.zoo).write_config(
-            stock, found.base, tmp / CONFIG_NAME, {**described, PROVENANCE_KEY: _provenance(found, error, shape)}
+        config = export_format(found.zoo).config(
+            stock, found.base, {**described, PROVENANCE_KEY: provenance(found, error, shape)}
         )
         params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters()))
-        (tmp / CARD_NAME).write_text(render_model_card(config, found, metadata, params=params), encoding="utf-8")
+        ExportFolder.write(tmp, state, config, render_model_card(config, found, metadata, params=params))
         extra: list[Path] = []
         for written in get_plugin_manager().hook.overparam_zoo_export(model=stock, out_dir=tmp, config=config):
             extra += [out_dir / Path(p).relative_to(tmp) for p in written or []]

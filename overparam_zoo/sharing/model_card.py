@@ -1,4 +1,7 @@
-"""The ``README.md`` model card of an export, in the Hugging Face / timm convention.
+"""The ``README.md`` model card of an export, in the Hugging Face / timm convention: the one
+module that writes its text (the export's card, the INT8 section quantize adds, the repo id push
+fills in) and reads its front matter. The file itself is the export folder's
+(:class:`~overparam_zoo.checkpoints.folder.ExportFolder`).
 
 YAML front matter (``library_name: timm``, ``license``, ``tags``, ``pipeline_tag``,
 ``base_model`` when the run started from the base's pretrained weights, ``datasets`` for Hugging
@@ -10,18 +13,29 @@ card never claims more than the export knows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from overparam_zoo.names.recipe import Variant
-from overparam_zoo.names.zoos import get_zoo
+from overparam_zoo.checkpoints.folder import ExportFolder
+from overparam_zoo.checkpoints.formats import export_format
+from overparam_zoo.errors import ExportFolderError
+from overparam_zoo.registry.recipe import Variant
+from overparam_zoo.registry.zoos import get_zoo
 from overparam_zoo.sharing.metadata import ExportMetadata, TrainResults
 
-__all__ = ["CARD_NAME", "REPO_PLACEHOLDER", "TRAINING_ARG_KEYS", "base_model_id", "render_model_card"]
+__all__ = [
+    "REPO_PLACEHOLDER",
+    "TRAINING_ARG_KEYS",
+    "base_model_id",
+    "render_model_card",
+    "with_int8_section",
+    "point_card_at",
+    "check_front_matter",
+]
 
-CARD_NAME = "README.md"
 REPO_PLACEHOLDER = "OWNER/NAME"
 """Stands for the hub repository in a card written before upload; ``overparam-zoo push`` fills it in."""
 
@@ -90,13 +104,13 @@ def base_model_id(variant: Variant, metadata: ExportMetadata | None) -> str | No
 def _front_matter(
     variant: Variant, metadata: ExportMetadata | None, license_id: str | None, base_model: str | None
 ) -> dict[str, Any]:
-    zoo = get_zoo(variant.zoo)
+    library = export_format(variant.zoo).library_name
     matter: dict[str, Any] = {}
-    if zoo.library_name:
-        matter["library_name"] = zoo.library_name
+    if library:
+        matter["library_name"] = library
     if license_id:
         matter["license"] = license_id
-    matter["tags"] = ["image-classification", zoo.name, "overparam-zoo"]
+    matter["tags"] = ["image-classification", variant.zoo, "overparam-zoo"]
     matter["pipeline_tag"] = "image-classification"
     if base_model:
         matter["base_model"] = base_model
@@ -146,7 +160,7 @@ def _details(
 
 
 def _usage(config: Mapping[str, Any], variant: Variant) -> str:
-    usage = get_zoo(variant.zoo).card_usage(variant.base, config.get("num_classes"), REPO_PLACEHOLDER)
+    usage = export_format(variant.zoo).usage(variant.base, config.get("num_classes"), REPO_PLACEHOLDER)
     return usage + _transformers_usage(config)
 
 
@@ -211,7 +225,7 @@ def _transformers_usage(config: Mapping[str, Any]) -> str:
     return "\n### With Hugging Face transformers\n\n" + code + " ".join(notes) + "\n"
 
 
-def _provenance(config: Mapping[str, Any], variant: Variant, metadata: ExportMetadata | None) -> str:
+def _provenance_section(config: Mapping[str, Any], variant: Variant, metadata: ExportMetadata | None) -> str:
     prov = config.get("overparam_zoo") or {}
     options = ", ".join(f"{k}={v}" for k, v in sorted(variant.options.items()) if k != "depth")
     rows = [
@@ -322,10 +336,99 @@ def render_model_card(
         f"The folder is a plain {variant.zoo} checkpoint (`model.safetensors` + `config.json`).\n",
         "## Model details\n\n" + _details(config, variant, params, license_id, base_model) + "\n",
         "## How to use\n\n" + _usage(config, variant),
-        "## Provenance\n\n" + _provenance(config, variant, metadata),
+        "## Provenance\n\n" + _provenance_section(config, variant, metadata),
         "## Training\n\n" + _training(metadata),
     ]
     if metadata is not None and metadata.results is not None:
         sections.append("## Evaluation\n\n" + _evaluation(metadata.results, metadata))
     sections.append(f"## Citation\n\n```bibtex\n{_CITATION}\n```\n")
     return "\n".join(sections)
+
+
+# ---------------------------------------------------------------------- INT8 section (quantize)
+_INT8_START, _INT8_END = "<!-- overparam-zoo:int8 -->", "<!-- /overparam-zoo:int8 -->"
+
+
+def _int8_section(acc: Mapping[str, Any]) -> str:
+    return "\n".join(
+        [
+            _INT8_START,
+            "## INT8 (torchao PT2E)",
+            "",
+            f"`{acc['file']}` is a static INT8 version of these weights, calibrated on {acc['calibration_images']} "
+            f"training images of `{acc['dataset']}` preprocessed as `config.json` says ({acc['quantizer']}).",
+            "",
+            "| | top-1 |",
+            "|---|---|",
+            f"| float32 | {acc['float32_top1']:.4f} |",
+            f"| INT8 | {acc['int8_top1']:.4f} |",
+            f"| drop | {acc['float32_top1'] - acc['int8_top1']:+.4f} |",
+            "",
+            f"Measured on {acc['evaluation_images']} held-out images of `{acc['dataset']}`; float32 and INT8 predict "
+            f"the same class on {acc['agreement']:.2%} of them "
+            f"(torch {acc['versions']['torch']}, torchao {acc['versions']['torchao']}, INT8 run as exported, uncompiled).",
+            "",
+            "```python",
+            "import torch",
+            "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # the quantized ops, inductor's INT8 passes",
+            "",
+            f'model = torch.export.load("{acc["file"]}").module()  # any batch size; runs as is, in float emulation',
+            "torch._inductor.config.freezing = True  # inductor's INT8 passes run on frozen graphs only",
+            "model = torch.compile(model)  # INT8 convolution and linear kernels on x86 CPUs",
+            "```",
+            _INT8_END,
+        ]
+    )
+
+
+def with_int8_section(card: str, record: Mapping[str, Any]) -> str:
+    """``card`` with its INT8 section (from ``record``, what ``config.json`` holds under
+    ``overparam_zoo.int8``) replaced, or inserted before the citation (else appended)."""
+    section = _int8_section(record)
+    block = re.compile(re.escape(_INT8_START) + r".*?" + re.escape(_INT8_END), re.DOTALL)
+    if block.search(card):
+        return block.sub(lambda _m: section, card, count=1)
+    cut = card.find("\n## Citation")
+    if cut < 0:
+        return card.rstrip("\n") + "\n\n" + section + "\n"
+    return card[: cut + 1] + section + "\n\n" + card[cut + 1 :]
+
+
+# ---------------------------------------------------------------------- hub (push)
+# the load lines of the card (timm, transformers); their repo id is set to where the folder is pushed
+_HUB_LOAD = re.compile(
+    r'(timm\.create_model\("hf-hub:)[^"]*(", pretrained=True\))'
+    r'|(\.from_pretrained\(")[^"]*("\))'
+    r'|(pipeline\("image-classification", model=")[^"]*("\))'
+)
+
+
+def point_card_at(folder: ExportFolder, repo_id: str) -> bool:
+    """Point the card's hub load lines at ``repo_id`` (atomic rewrite); ``True`` if it changed."""
+    text = folder.read_card()
+    updated = _HUB_LOAD.sub(lambda m: repo_id.join(g for g in m.groups() if g is not None), text)
+    if updated == text:
+        return False
+    folder.write_card(updated)
+    return True
+
+
+def check_front_matter(folder: ExportFolder) -> dict[str, Any]:
+    """The card's YAML front matter, as the hub reads it (needs ``huggingface_hub``).
+
+    Raises:
+        ExportFolderError: for a card without front matter, or whose front matter is not a
+            readable YAML mapping.
+    """
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK  # the block as the hub finds it
+
+    path = folder.card_path
+    try:
+        found = REGEX_YAML_BLOCK.search(folder.read_card().removeprefix("\ufeff"))
+        matter = yaml.safe_load(found.group(2)) if found else None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportFolderError(f"{path}: front matter is not readable YAML ({first})") from err
+    if not isinstance(matter, dict):
+        raise ExportFolderError(f"{path}: no YAML front matter (a block between '---' lines at the top)")
+    return matter

@@ -4,46 +4,31 @@
 plain timm (or torchvision) can load it: the files, ``config.json``, the model card's front
 matter, and the weights' keys and shapes against the base architecture, loaded with
 ``strict=True``, none of them NaN or Inf. :func:`push_export` then uploads exactly the listed files with
-``huggingface_hub`` (``create_repo`` + ``upload_folder``); every failure, from a missing token to
-an unreachable hub, is a one-line :class:`~overparam_zoo.errors.PublishError`.
+``huggingface_hub`` (``create_repo`` + ``upload_folder``). A bad folder is the one-line
+:class:`~overparam_zoo.errors.ExportFolderError` every command gives for it (the folder is read by
+:class:`~overparam_zoo.checkpoints.folder.ExportFolder`, its card by
+:mod:`~overparam_zoo.sharing.model_card`); every failure of publishing itself, from a missing token
+to an unreachable hub, is a one-line :class:`~overparam_zoo.errors.PublishError`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
-import torch
-import yaml
-
-from overparam.state import describe_mismatch
-from overparam_zoo.errors import PublishError, UnknownModelError
+from overparam_zoo.checkpoints.folder import CARD_NAME, ExportFolder
+from overparam_zoo.errors import PublishError
 from overparam_zoo.extras import require
-from overparam_zoo.files import atomic_write
-from overparam_zoo.sharing.model_card import CARD_NAME
+from overparam_zoo.sharing.model_card import check_front_matter, point_card_at
 from overparam_zoo.sharing.verify import first_names, non_finite
 
 __all__ = ["PUSH_STEPS", "PushResult", "hub_client", "hub_token", "push_export", "validate_export", "validate_repo_id"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PROVENANCE_KEY = "overparam_zoo"
-REQUIRED_FILES: tuple[str, ...] = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 PUSH_STEPS = 2
 """How many times :func:`push_export` calls its ``progress`` callback: validating, then uploading
 (not in a dry run)."""
-
-# the load lines of the model card (timm, transformers); their repo id is set to where the folder is pushed
-_HUB_LOAD = re.compile(
-    r'(timm\.create_model\("hf-hub:)[^"]*(", pretrained=True\))'
-    r'|(\.from_pretrained\(")[^"]*("\))'
-    r'|(pipeline\("image-classification", model=")[^"]*("\))'
-)
 
 
 @dataclass(frozen=True)
@@ -95,68 +80,20 @@ def _files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PublishError(f"{folder / CONFIG_NAME}: not readable JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise PublishError(f"{folder / CONFIG_NAME}: expected a JSON object")
-    for key, kind in (("architecture", str), ("num_classes", int), (PROVENANCE_KEY, dict)):
-        if not isinstance(config.get(key), kind):
-            raise PublishError(
-                f"{folder / CONFIG_NAME}: '{key}' is missing or not a {kind.__name__}; "
-                "expected the config.json that overparam-zoo export writes"
-            )
-    return config
-
-
-def _check_card(folder: Path, hub: ModuleType) -> None:
-    try:
-        matter = hub.metadata_load(folder / CARD_NAME)
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PublishError(f"{folder / CARD_NAME}: front matter is not readable YAML ({first})") from err
-    if not isinstance(matter, dict):
-        raise PublishError(f"{folder / CARD_NAME}: no YAML front matter (a block between '---' lines at the top)")
-
-
-def _base_model(config: dict[str, Any]) -> torch.nn.Module:
-    """The architecture ``config.json`` names, built on the meta device (no memory, no init)."""
-    from overparam_zoo.names.registry import create_model
-
-    arch, zoo = config["architecture"], config.get("zoo", "timm")
-    kwargs = {**config.get("model_args", {}), "num_classes": config["num_classes"]}
-    try:
-        with torch.device("meta"):
-            return create_model(arch, zoo=zoo, **kwargs)
-    except UnknownModelError as err:
-        raise PublishError(f"config.json names {arch!r}, which is not a {zoo} model") from err
-    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as err:  # arguments that do not build it
-        raise PublishError(f"config.json does not build {arch}: {type(err).__name__}: {err}") from err
-
-
-def _check_weights(folder: Path, config: dict[str, Any]) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / WEIGHTS_NAME
-    try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as err:
-        raise PublishError(f"{path}: not a readable safetensors file ({err})") from err
+def _validated(folder: str | Path) -> tuple[ExportFolder, list[Path]]:
+    export = ExportFolder.open(folder, card=True)
+    hub_client()
+    export.provenance  # noqa: B018 - checked: an export overparam-zoo wrote
+    check_front_matter(export)
+    state = export.read_weights()
     diverged = non_finite(state)
     if diverged:
         raise PublishError(
-            f"{path} holds NaN or Inf in {first_names(diverged, len(state))}: diverged weights are not published"
+            f"{export.weights_path} holds NaN or Inf in {first_names(diverged, len(state))}: "
+            "diverged weights are not published"
         )
-    model = _base_model(config)
-    mismatch = describe_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise PublishError(
-            f"{path} does not load into {config['architecture']}(num_classes={config['num_classes']}): {mismatch}"
-        )
-    model.load_state_dict(state, strict=True, assign=True)
+    export.load_model(state, device="meta")
+    return export, _files(export.path)
 
 
 def validate_export(folder: str | Path) -> list[Path]:
@@ -166,35 +103,12 @@ def validate_export(folder: str | Path) -> list[Path]:
         The files to upload, relative to ``folder``.
 
     Raises:
-        PublishError: naming the first problem (missing file, bad config, card without front
-            matter, weights that do not load strictly into the architecture ``config.json`` names,
-            weights holding NaN or Inf).
+        ExportFolderError: naming the first problem of the folder (missing file, bad config, card
+            without front matter, weights that do not load strictly into the architecture
+            ``config.json`` names).
+        PublishError: without ``huggingface_hub``, or for weights holding NaN or Inf.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PublishError(f"{folder} is not a folder; expected the output folder of overparam-zoo export")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise PublishError(
-            f"{folder} lacks {', '.join(missing)}; expected {', '.join(REQUIRED_FILES)} as overparam-zoo export "
-            "writes them"
-        )
-    hub = hub_client()
-    config = _read_config(folder)
-    _check_card(folder, hub)
-    _check_weights(folder, config)
-    return _files(folder)
-
-
-def _set_card_repo(folder: Path, repo_id: str) -> bool:
-    """Point the card's hub load lines at ``repo_id`` (atomic rewrite); ``True`` if it changed."""
-    card = folder / CARD_NAME
-    text = card.read_text(encoding="utf-8")
-    updated = _HUB_LOAD.sub(lambda m: repo_id.join(g for g in m.groups() if g is not None), text)
-    if updated == text:
-        return False
-    atomic_write(card, lambda tmp: Path(tmp).write_text(updated, encoding="utf-8"))
-    return True
+    return _validated(folder)[1]
 
 
 def _hub_failure(err: Exception, repo_id: str, endpoint: str) -> PublishError:
@@ -237,8 +151,9 @@ def push_export(
             (they redraw with carriage returns, noise in a log).
 
     Raises:
-        PublishError: invalid folder or repo id, no ``huggingface_hub``, no token, or any failure
-            of the hub (unreachable, offline mode, refused); one line each.
+        ExportFolderError: for a folder that is not a complete export (see :func:`validate_export`).
+        PublishError: an invalid repo id, no ``huggingface_hub``, no token, diverged weights, or any
+            failure of the hub (unreachable, offline mode, refused); one line each.
     """
     step = progress or (lambda _msg: None)
     folder = Path(folder)
@@ -247,10 +162,10 @@ def push_export(
 
     step(f"validating {folder}")
     validate_repo_id(repo_id)
-    files = validate_export(folder)
+    export, files = _validated(folder)
     if not dry_run:
         token = hub_token(token)
-        if _set_card_repo(folder, repo_id):
+        if point_card_at(export, repo_id):
             log(f"{CARD_NAME}: its load lines now name {repo_id}")
     endpoint = constants.ENDPOINT
     where = f"{endpoint}/{repo_id}" + (f" (revision {revision})" if revision else "")

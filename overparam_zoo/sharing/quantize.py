@@ -12,7 +12,9 @@ symmetric int8 weights, per-tensor affine uint8 activations from a histogram obs
   :class:`Int8Accuracy`. Nothing is written; this is what a comparison calls per run.
 - :func:`quantize_export`: an export folder and datasets of PIL images; preprocesses them with
   the export's own data config (as a consumer would), writes ``model_int8.pt2`` atomically and
-  records the accuracy in ``config.json`` (under ``overparam_zoo``) and in the model card.
+  records the accuracy in ``config.json`` (under ``overparam_zoo``, through
+  :class:`~overparam_zoo.checkpoints.folder.ExportFolder`) and in the model card (its INT8
+  section is :mod:`~overparam_zoo.sharing.model_card`'s).
 
 The ``.pt2`` file loads with torch and torchao alone (``import torchao`` registers the
 quantized ops the program calls; the x86 quantizer's module also registers inductor's INT8
@@ -28,50 +30,49 @@ passes, which run on frozen graphs only)::
 from __future__ import annotations
 
 import copy
-import importlib.metadata
-import json
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from overparam import OverparamChain, collapse
+from overparam_zoo.checkpoints.folder import INT8_KEY, INT8_NAME, ExportFolder, package_versions
 from overparam_zoo.errors import QuantizeError, first_line
 from overparam_zoo.extras import require
 from overparam_zoo.files import atomic_write
+from overparam_zoo.sharing.model_card import with_int8_section
 
 __all__ = [
-    "INT8_NAME",
-    "INT8_KEY",
+    "LabelledImages",
     "Int8Accuracy",
     "QuantizedModel",
     "Int8Result",
-    "load_export",
-    "export_transform",
     "image_batches",
     "quantize_model",
     "quantize_export",
     "record_int8",
 ]
 
-INT8_NAME = "model_int8.pt2"
-INT8_KEY = "int8"
-"""Where the measured accuracy sits in ``config.json``: ``config["overparam_zoo"]["int8"]``."""
-
-_PROVENANCE_KEY = "overparam_zoo"  # export.PROVENANCE_KEY; export imports model_card, which must not import this
-_CONFIG_NAME = "config.json"
-_WEIGHTS_NAME = "model.safetensors"
-_CARD_NAME = "README.md"
-_CARD_START, _CARD_END = "<!-- overparam-zoo:int8 -->", "<!-- /overparam-zoo:int8 -->"
 _QUANTIZER = (
     "torchao X86InductorQuantizer, default static config: per-channel symmetric int8 weights, "
     "per-tensor affine uint8 activations"
 )
+
+
+class LabelledImages(Protocol):
+    """The datasets quantization (and the comparison) take: map-style, sized, of ``(image, class)``
+    pairs, with the ``transform`` attribute timm's ``create_loader`` sets, as timm's
+    ``ImageDataset`` and :class:`~overparam_zoo.experiments.datasets.ArrayImageDataset` have."""
+
+    transform: Any
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Any, int]: ...
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def quantize_model(
                 raise QuantizeError(f"torchao cannot prepare {type(float_model).__name__}: {first_line(err)}") from err
         _run(prepared, images, "calibration")
         seen += len(images)
-    if prepared is None or seen == 0:
+    if prepared is None or example is None or seen == 0:
         raise QuantizeError("calibration: no images; expected at least one batch of training images")
     converted = pt2e.convert_pt2e(prepared)
     _drop_unused_tensors(converted)
@@ -244,14 +245,14 @@ def _measure(
 
 
 def image_batches(
-    dataset: torch.utils.data.Dataset,
+    dataset: LabelledImages,
     transform: Any,
     *,
     limit: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Batches of ``dataset`` through ``transform`` (:func:`export_transform`); with ``limit``, a
+    """Batches of ``dataset`` through ``transform`` (:meth:`ExportFolder.transform`); with ``limit``, a
     fixed random subset of that size.
 
     ``dataset`` is a map-style dataset with a ``transform`` attribute, as timm's datasets and
@@ -271,104 +272,32 @@ def image_batches(
         )
     view = copy.copy(dataset)
     view.transform = transform
+    batches = cast("torch.utils.data.Dataset[Any]", view)  # a torch Dataset, as LabelledImages are
     if limit is not None and limit < len(dataset):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        view = torch.utils.data.Subset(view, sorted(order[:limit].tolist()))
-    return torch.utils.data.DataLoader(view, batch_size=batch_size)
-
-
-def _zoo(config: dict[str, Any]) -> str:
-    return str(config.get("zoo") or (config.get(_PROVENANCE_KEY) or {}).get("zoo") or "timm")
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise QuantizeError(f"{folder} is not a folder; expected the output folder of overparam-zoo export")
-    missing = [name for name in (_CONFIG_NAME, _WEIGHTS_NAME) if not (folder / name).is_file()]
-    if missing:
-        raise QuantizeError(
-            f"{folder} lacks {', '.join(missing)}; expected {_CONFIG_NAME} and {_WEIGHTS_NAME} as overparam-zoo export "
-            "writes them"
-        )
-    try:
-        config = json.loads((folder / _CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise QuantizeError(f"{folder / _CONFIG_NAME}: not readable JSON ({first_line(err)})") from err
-    if not isinstance(config, dict):
-        raise QuantizeError(f"{folder / _CONFIG_NAME}: expected a JSON object")
-    if "pretrained_cfg" not in config and _zoo(config) != "timm":
-        raise QuantizeError(
-            f"{folder / _CONFIG_NAME}: a {_zoo(config)} export records no preprocessing (pretrained_cfg); "
-            "expected a timm export, whose config.json says how its training images were preprocessed"
-        )
-    for key, kind in (("architecture", str), ("num_classes", int), ("pretrained_cfg", dict)):
-        if not isinstance(config.get(key), kind):
-            raise QuantizeError(
-                f"{folder / _CONFIG_NAME}: '{key}' is missing or not a {kind.__name__}; "
-                "expected the config.json that overparam-zoo export writes"
-            )
-    return config
-
-
-def load_export(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The float model of an export folder (the architecture ``config.json`` names, its
-    ``model.safetensors`` loaded strictly) and the parsed ``config.json``.
-
-    Raises:
-        QuantizeError: for a missing folder, ``config.json`` or weights, or weights that do not
-            load into the architecture.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from overparam_zoo.errors import UnknownModelError
-    from overparam_zoo.names.registry import create_model
-
-    folder = Path(folder)
-    config = _read_config(folder)
-    arch = config["architecture"]
-    zoo = _zoo(config)
-    try:
-        model = create_model(arch, zoo=zoo, **{**config.get("model_args", {}), "num_classes": config["num_classes"]})
-    except UnknownModelError as err:
-        raise QuantizeError(f"{folder / _CONFIG_NAME} names {arch!r}, which is not a {zoo} model") from err
-    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as err:
-        raise QuantizeError(f"{folder / _CONFIG_NAME} does not build {arch}: {first_line(err)}") from err
-    try:
-        model.load_state_dict(load_file(str(folder / _WEIGHTS_NAME)), strict=True)
-    except (OSError, SafetensorError, RuntimeError) as err:
-        raise QuantizeError(f"{folder / _WEIGHTS_NAME} does not load into {arch}: {first_line(err)}") from err
-    return model.eval(), config
-
-
-def export_transform(config: dict[str, Any]) -> Any:
-    """The evaluation transform a consumer builds from the export's ``pretrained_cfg``
-    (``timm.data.resolve_data_config`` then ``create_transform``)."""
-    from timm.data import create_transform, resolve_data_config
-
-    data_config = resolve_data_config(pretrained_cfg=config["pretrained_cfg"])
-    return create_transform(**data_config, is_training=False)
+        batches = torch.utils.data.Subset(batches, sorted(order[:limit].tolist()))
+    return torch.utils.data.DataLoader(batches, batch_size=batch_size)
 
 
 def _check_data(
-    folder: Path,
-    config: dict[str, Any],
-    calibration: torch.utils.data.Dataset,
-    evaluation: torch.utils.data.Dataset,
+    export: ExportFolder,
+    calibration: LabelledImages,
+    evaluation: LabelledImages,
     transform: Any,
     num_classes: int | None,
     data_name: str,
 ) -> None:
     """Refuse data that does not fit the export before anything is computed or written."""
+    folder = export.path
     for split, dataset in (("training", calibration), ("held-out", evaluation)):
         if len(dataset) == 0:
             raise QuantizeError(f"{data_name}: the {split} split holds no images; expected some to quantize with")
-    if num_classes is not None and num_classes != config["num_classes"]:
+    if num_classes is not None and num_classes != export.num_classes:
         raise QuantizeError(
-            f"{data_name} has {num_classes} classes; {folder} was trained for {config['num_classes']}; "
+            f"{data_name} has {num_classes} classes; {folder} was trained for {export.num_classes}; "
             "expected the data the export was trained on"
         )
-    expected = config["pretrained_cfg"].get("input_size")
+    expected = export.pretrained_cfg.get("input_size")
     raw = copy.copy(calibration)
     raw.transform = None  # the image as stored, whatever transform a training loader set
     image = raw[0][0]
@@ -387,71 +316,23 @@ def _check_data(
         )
 
 
-def _versions() -> dict[str, str]:
-    return {name: importlib.metadata.version(name) for name in ("torch", "torchao")}
-
-
-def _card_section(acc: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            _CARD_START,
-            "## INT8 (torchao PT2E)",
-            "",
-            f"`{acc['file']}` is a static INT8 version of these weights, calibrated on {acc['calibration_images']} "
-            f"training images of `{acc['dataset']}` preprocessed as `config.json` says ({acc['quantizer']}).",
-            "",
-            "| | top-1 |",
-            "|---|---|",
-            f"| float32 | {acc['float32_top1']:.4f} |",
-            f"| INT8 | {acc['int8_top1']:.4f} |",
-            f"| drop | {acc['float32_top1'] - acc['int8_top1']:+.4f} |",
-            "",
-            f"Measured on {acc['evaluation_images']} held-out images of `{acc['dataset']}`; float32 and INT8 predict "
-            f"the same class on {acc['agreement']:.2%} of them "
-            f"(torch {acc['versions']['torch']}, torchao {acc['versions']['torchao']}, INT8 run as exported, uncompiled).",
-            "",
-            "```python",
-            "import torch",
-            "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # the quantized ops, inductor's INT8 passes",
-            "",
-            f'model = torch.export.load("{acc["file"]}").module()  # any batch size; runs as is, in float emulation',
-            "torch._inductor.config.freezing = True  # inductor's INT8 passes run on frozen graphs only",
-            "model = torch.compile(model)  # INT8 convolution and linear kernels on x86 CPUs",
-            "```",
-            _CARD_END,
-        ]
-    )
-
-
-def _with_section(card: str, section: str) -> str:
-    """``card`` with its INT8 section replaced, or inserted before the citation (else appended)."""
-    block = re.compile(re.escape(_CARD_START) + r".*?" + re.escape(_CARD_END), re.DOTALL)
-    if block.search(card):
-        return block.sub(lambda _m: section, card, count=1)
-    cut = card.find("\n## Citation")
-    if cut < 0:
-        return card.rstrip("\n") + "\n\n" + section + "\n"
-    return card[: cut + 1] + section + "\n\n" + card[cut + 1 :]
-
-
 def record_int8(folder: str | Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write ``record`` into ``config.json`` (``overparam_zoo.int8``) and an INT8 section into
     the model card (replacing an earlier one), each atomically; returns the new config."""
-    folder = Path(folder)
-    config = json.loads((folder / _CONFIG_NAME).read_text(encoding="utf-8"))
-    config.setdefault(_PROVENANCE_KEY, {})[INT8_KEY] = record
-    text = json.dumps(config, indent=2) + "\n"
-    card_path = folder / _CARD_NAME
-    card = _with_section(card_path.read_text(encoding="utf-8") if card_path.is_file() else "", _card_section(record))
-    atomic_write(folder / _CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    atomic_write(card_path, lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+    return _record_int8(ExportFolder.open(folder), record)
+
+
+def _record_int8(export: ExportFolder, record: dict[str, Any]) -> dict[str, Any]:
+    card = with_int8_section(export.read_card(), record)
+    config = export.record(INT8_KEY, record)
+    export.write_card(card)
     return config
 
 
 def quantize_export(
     folder: str | Path,
-    calibration: torch.utils.data.Dataset,
-    evaluation: torch.utils.data.Dataset,
+    calibration: LabelledImages,
+    evaluation: LabelledImages,
     *,
     calibration_images: int = 512,
     out: str | Path | None = None,
@@ -471,27 +352,29 @@ def quantize_export(
         data_name: how messages and the card name the data (``"--dataset digits"``, ``"digits"``).
 
     Raises:
-        QuantizeError: for an incomplete export folder, no calibration or evaluation images,
-            or images whose channels or classes do not fit the export; nothing is written then.
+        ExportFolderError: for a folder that is not a complete timm export that loads.
+        QuantizeError: for no calibration or evaluation images, or images whose channels or
+            classes do not fit the export; nothing is written then.
     """
-    folder = Path(folder)
     if calibration_images < 1:
         raise QuantizeError(f"calibration_images: {calibration_images}; expected at least 1")
-    model, config = load_export(folder)
-    transform = export_transform(config)
-    _check_data(folder, config, calibration, evaluation, transform, num_classes, data_name)
+    export = ExportFolder.open(folder)
+    transform = export.transform()
+    model = export.load_model()
+    _check_data(export, calibration, evaluation, transform, num_classes, data_name)
     quantized = quantize_model(
         model,
         image_batches(calibration, transform, limit=calibration_images),
         image_batches(evaluation, transform),
-        num_classes=config["num_classes"],
+        num_classes=export.num_classes,
     )
-    path = Path(out) if out is not None else folder / INT8_NAME
+    path = Path(out) if out is not None else export.path / INT8_NAME
     atomic_write(path, lambda tmp: torch.export.save(quantized.program, tmp))
     try:
-        shown = str(path.resolve().relative_to(folder.resolve()))
+        shown = str(path.resolve().relative_to(export.path.resolve()))
     except ValueError:
         shown = str(path.resolve())
-    record = {"file": shown, "dataset": data_name, "quantizer": _QUANTIZER, "versions": _versions()}
+    versions = package_versions("torch", "torchao")
+    record = {"file": shown, "dataset": data_name, "quantizer": _QUANTIZER, "versions": versions}
     record.update(asdict(quantized.accuracy))
-    return Int8Result(path, quantized.program, quantized.accuracy, record_int8(folder, record))
+    return Int8Result(path, quantized.program, quantized.accuracy, _record_int8(export, record))

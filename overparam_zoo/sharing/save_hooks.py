@@ -11,13 +11,16 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from overparam_zoo.errors import OverparamZooError
 from overparam_zoo.sharing.export import ExportResult, export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
+
+if TYPE_CHECKING:
+    from timm.utils import CheckpointSaver
 
 __all__ = ["ExportOnSave", "install_checkpoint_saver_hook"]
 
@@ -47,7 +50,7 @@ class ExportOnSave:
         return result
 
 
-def _export_saved(saver: Any, model: nn.Module, epoch: int) -> None:
+def _export_saved(saver: CheckpointSaver, model: nn.Module, epoch: int) -> None:
     """Export the model a ``CheckpointSaver`` just saved; an export that fails (a diverged run's
     NaN weights, ...) is skipped with a warning, never ends the training run."""
     export = ExportOnSave(saver.checkpoint_dir)
@@ -80,7 +83,7 @@ def install_checkpoint_saver_hook() -> None:
         return
 
     @functools.wraps(original)
-    def save_checkpoint(self, epoch, metric=None):
+    def save_checkpoint(self: CheckpointSaver, epoch: int, metric: float | None = None) -> Any:
         result = original(self, epoch, metric)
         model = self.unwrap_fn(self.model_ema if self.model_ema is not None else self.model)
         if getattr(model, "overparam_zoo", None) is not None:
@@ -88,4 +91,4 @@ def install_checkpoint_saver_hook() -> None:
         return result
 
     save_checkpoint._overparam_zoo_export = True  # type: ignore[attr-defined]
-    CheckpointSaver.save_checkpoint = save_checkpoint
+    CheckpointSaver.save_checkpoint = save_checkpoint  # type: ignore[method-assign]  # the hook: timm's method, wrapped

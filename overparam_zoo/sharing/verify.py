@@ -15,9 +15,9 @@ from torch import nn
 
 from overparam import OverparamChain, collapsed_state_dict
 from overparam_zoo.errors import ExportError
-from overparam_zoo.names.recipe import Variant
-from overparam_zoo.names.registry import build_base, get_variant
-from overparam_zoo.names.zoos import get_zoo
+from overparam_zoo.registry.recipe import Variant
+from overparam_zoo.registry.variants import build_base, get_variant
+from overparam_zoo.registry.zoos import get_zoo
 
 __all__ = [
     "LayerCheck",

@@ -61,7 +61,7 @@ class Cell:
         return LRS[self.opt]
 
     def settings(self):
-        from overparam_zoo.experiments.training import TrainSettings
+        from overparam_zoo import TrainSettings
 
         return TrainSettings(
             epochs=1,  # replaced by ceil(UPDATES / batches per epoch) for each size
@@ -97,7 +97,7 @@ def register_study_variants() -> None:
 
 
 def run(cells: list[Cell]) -> None:
-    from overparam_zoo.experiments.compare import run_learning_curve
+    from overparam_zoo import run_learning_curve
 
     register_study_variants()
     for cell in cells:

@@ -1,4 +1,5 @@
-"""Converters for timm's layer types that subclass the stock layers.
+"""Chains standing for timm's own layer types (those that subclass the stock layers), and
+their converters.
 
 Each converter builds a chain whose ``fuse()`` gives back the same timm class with the same
 settings (so a collapsed model is the stock timm model again and its state dict loads strictly
@@ -10,12 +11,12 @@ weight standardisation).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
-from timm.layers.padding import pad_same
+from timm.layers import Conv2dSame, Linear, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame, pad_same
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
@@ -31,6 +32,9 @@ __all__ = [
     "TIMM_CONVERTERS",
 ]
 
+#: timm's weight-standardised convs
+StandardisedConv = StdConv2d | StdConv2dSame | ScaledStdConv2d | ScaledStdConv2dSame
+
 _STANDARDISED = (
     "timm's weight-standardised convs standardise the effective weight per output channel in every forward, "
     "which is not linear in the factors, so the chain trains composed only"
@@ -41,9 +45,10 @@ def _fused_as(chain: OverparamChain, cls: type[nn.Module], **init: Any) -> nn.Mo
     """The chain's collapsed layer as timm's ``cls``: the effective weight and bias plus the
     chain's own parameters (a ``ScaledStdConv2d``'s gain), trainable and in mode as the chain."""
     plain = OverparamChain.fuse(chain)
-    stock = cls(**init, bias=plain.bias is not None).to(device=plain.weight.device, dtype=plain.weight.dtype)
+    weight = cast(Tensor, plain.weight)
+    stock = cls(**init, bias=plain.bias is not None).to(device=weight.device, dtype=weight.dtype)
     stock.load_state_dict({**plain.state_dict(), **dict(chain.named_parameters(recurse=False))})
-    stock.requires_grad_(plain.weight.requires_grad)
+    stock.requires_grad_(weight.requires_grad)
     return stock.train(chain.training)
 
 
@@ -59,7 +64,7 @@ class OverparamConv2dSame(OverparamConv2d):
     input size in every forward, applied once before the chain, so the collapse stays exact."""
 
     def _prepare_input(self, x: Tensor) -> Tensor:
-        return pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation))
 
     def fuse(self) -> nn.Module:
         return _fused_as(
@@ -88,7 +93,7 @@ class _StandardisedConv2d(OverparamConv2d):
     #: the stock constructor's name for the input channels (``StdConv2d`` says ``in_channel``)
     _in_channels_arg = "in_channels"
 
-    def adopt_settings_(self, stock: nn.Module) -> None:
+    def adopt_settings_(self, stock: StandardisedConv) -> None:
         """Take the stock layer's settings besides its weight and bias (``eps``)."""
         self.eps = stock.eps
 
@@ -134,12 +139,14 @@ class _SamePadded:
     #: whether the padding is computed from the input size in every forward
     same_pad: bool = False
 
-    def adopt_settings_(self, stock: nn.Module) -> None:
+    def adopt_settings_(self, stock: StandardisedConv) -> None:
         super().adopt_settings_(stock)  # type: ignore[misc]
-        self.same_pad = stock.same_pad
+        self.same_pad = cast(StdConv2dSame, stock).same_pad
 
     def _prepare_input(self, x: Tensor) -> Tensor:
-        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x  # type: ignore[attr-defined]
+        if not self.same_pad:
+            return x
+        return pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation))  # type: ignore[attr-defined]
 
     def _stock_init(self) -> dict[str, Any]:
         # "SAME" rebuilds the dynamic padding; a static one is passed as it is
@@ -150,7 +157,7 @@ class _SamePadded:
 class OverparamStdConv2d(_StandardisedConv2d):
     """A chain standing for timm's ``StdConv2d`` (BiT, ResNetV2)."""
 
-    stock_class = StdConv2d
+    stock_class: type[nn.Module] = StdConv2d
     _in_channels_arg = "in_channel"
 
 
@@ -165,22 +172,23 @@ class OverparamScaledStdConv2d(_StandardisedConv2d):
     standardised weight is scaled by a learned ``gain`` times a constant ``scale``. The chain
     holds ``gain`` itself (one per output channel, as the stock layer)."""
 
-    stock_class = ScaledStdConv2d
+    stock_class: type[nn.Module] = ScaledStdConv2d
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        weight = self.factors[0].weight
+        weight = self.factor_layers[0].weight
         self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1, device=weight.device, dtype=weight.dtype))
         #: ``gamma / sqrt(fan_in)`` (gamma 1 until the converter copies the stock layer's float,
         #: which is never rebuilt from gamma: that could round differently)
         self.scale = (self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]) ** -0.5
 
-    def adopt_settings_(self, stock: nn.Module) -> None:
+    def adopt_settings_(self, stock: StandardisedConv) -> None:
         """Take the stock layer's settings besides its weight and bias (``gain``, ``scale``, ``eps``)."""
         super().adopt_settings_(stock)
+        scaled = cast(ScaledStdConv2d, stock)
         with torch.no_grad():
-            self.gain.copy_(stock.gain)
-        self.scale = stock.scale
+            self.gain.copy_(scaled.gain)
+        self.scale = scaled.scale
 
     def _channel_scale(self) -> Tensor:
         return (self.gain * self.scale).view(-1)
@@ -219,8 +227,8 @@ def convert_standardised_conv(module: nn.Module, **options: Any) -> nn.Module:
     Raises:
         ValueError: for options that need the expanded path (``batch_norm=True``).
     """
-    chain = from_stock(module, chain_class=_STANDARDISED_CHAINS[type(module)], **options)
-    chain.adopt_settings_(module)
+    chain = cast(_StandardisedConv2d, from_stock(module, chain_class=_STANDARDISED_CHAINS[type(module)], **options))
+    chain.adopt_settings_(cast(StandardisedConv, module))
     return chain
 
 
@@ -232,7 +240,7 @@ def refuse_multihead_attention(module: nn.Module, **options: Any) -> nn.Module:
     )
 
 
-TIMM_CONVERTERS: dict[type[nn.Module], Any] = {
+TIMM_CONVERTERS: dict[type[nn.Module], Callable[..., nn.Module]] = {
     Linear: convert_timm_linear,
     Conv2dSame: convert_conv2d_same,
     **{cls: convert_standardised_conv for cls in _STANDARDISED_CHAINS},

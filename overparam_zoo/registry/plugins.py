@@ -12,7 +12,7 @@ import warnings
 
 import pluggy
 
-from overparam_zoo.names import hookspecs
+from overparam_zoo.registry import hookspecs
 
 __all__ = ["get_plugin_manager", "reset_plugin_manager", "DISABLE_ENV", "ENTRY_POINT_GROUP"]
 
@@ -41,7 +41,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, created on first use."""
     global _manager
     if _manager is None:
-        from overparam_zoo.names import default_plugin
+        from overparam_zoo.registry import default_plugin
 
         pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         pm.add_hookspecs(hookspecs)

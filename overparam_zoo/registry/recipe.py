@@ -32,10 +32,10 @@ import yaml
 
 from overparam.options import CHAIN_OPTION_NAMES, ChainOptionError, ChainOptions
 from overparam_zoo.errors import RecipeError
+from overparam_zoo.registry.zoos import ZOOS
 
-__all__ = ["Recipe", "RecipeError", "LayerRule", "Variant", "load_recipe", "is_glob", "ZOOS"]
+__all__ = ["Recipe", "LayerRule", "Variant", "load_recipe", "is_glob"]
 
-ZOOS = ("timm", "torchvision")
 _TOP_KEYS = ("zoo", "bases", "variants", "layers", "description")
 _VARIANT_KEYS = tuple(k for k in CHAIN_OPTION_NAMES if k != "kernel_sizes") + ("tag",)
 _RULE_KEYS = ("match", "types", "skip") + CHAIN_OPTION_NAMES
@@ -165,7 +165,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (``yaml.safe_load``).
 
     Base-model names are checked against the zoo when the recipe is registered
-    (:func:`overparam_zoo.names.registry.register_recipe`), and layer rules when a variant is built.
+    (:func:`overparam_zoo.registry.variants.register_recipe`), and layer rules when a variant is built.
 
     Raises:
         RecipeError: naming the file, the key path and what was expected.

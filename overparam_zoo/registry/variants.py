@@ -1,7 +1,7 @@
 """How a name becomes a model: one door for op variants, timm models and torchvision models.
 
 Variants come from recipes and are registered into timm's and torchvision's registries (through
-the adapters in :mod:`overparam_zoo.names.zoos`), so ``timm.create_model("resnet18_op_d2", **kwargs)``
+the adapters in :mod:`overparam_zoo.registry.zoos`), so ``timm.create_model("resnet18_op_d2", **kwargs)``
 builds the base ``resnet18`` with the same kwargs (``num_classes``, ``in_chans``,
 ``drop_path_rate``, ``features_only``, ...), then converts its layers by the recipe.
 ``pretrained=True`` loads the base's weights the usual timm way and expands them exactly into
@@ -13,10 +13,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,9 +23,10 @@ from torch import nn
 from overparam import convert_model
 from overparam.convert import ConversionReport, LayerConversionError
 from overparam_zoo.errors import RecipeError, UnknownModelError
-from overparam_zoo.names.plugins import get_plugin_manager
-from overparam_zoo.names.recipe import Recipe, Variant, is_glob, load_recipe
-from overparam_zoo.names.zoos import ZOOS, Zoo, get_zoo
+from overparam_zoo.registry.hookspecs import Converter
+from overparam_zoo.registry.plugins import get_plugin_manager
+from overparam_zoo.registry.recipe import Recipe, Variant, is_glob, load_recipe
+from overparam_zoo.registry.zoos import ZOOS, Zoo, get_zoo
 
 __all__ = [
     "BASES_ENV",
@@ -38,7 +38,6 @@ __all__ = [
     "list_variants",
     "register_recipe",
     "register_all",
-    "load_recipes",
     "apply_variant",
     "check_variant",
     "converters",
@@ -60,16 +59,18 @@ class Resolved:
     variant: Variant | None = None
 
 
-def converters() -> dict[type[nn.Module], Any]:
+def converters() -> dict[type[nn.Module], Converter]:
     """Layer converters contributed by every plugin (later plugins cannot override earlier)."""
-    merged: dict[type[nn.Module], Any] = {}
+    merged: dict[type[nn.Module], Converter] = {}
     for contributed in reversed(get_plugin_manager().hook.overparam_zoo_converters()):
         for cls, fn in (contributed or {}).items():
             merged.setdefault(cls, fn)
     return merged
 
 
-def apply_variant(model: nn.Module, variant: Variant, *, init: str = "match") -> ConversionReport:
+def apply_variant(
+    model: nn.Module, variant: Variant, *, init: Literal["match", "default", "expand"] = "match"
+) -> ConversionReport:
     """Convert ``model`` (an instance of ``variant.base``) in place by the variant's recipe.
 
     Raises:
@@ -136,11 +137,6 @@ def register_recipe(recipe: Recipe) -> list[str]:
 def _recipe_files(entry: str | Path) -> list[Path]:
     entry = Path(entry)
     return sorted([*entry.glob("*.yaml"), *entry.glob("*.yml")]) if entry.is_dir() else [entry]
-
-
-def load_recipes(paths: Iterable[str | Path]) -> list[Recipe]:
-    """Recipes from files and folders (``*.yaml``, ``*.yml`` inside, sorted)."""
-    return [load_recipe(f) for entry in paths for f in _recipe_files(entry)]
 
 
 def register_all() -> list[str]:

@@ -1,4 +1,4 @@
-"""Folding a chain's gained bias into the BatchNorm that follows it.
+"""The collapse-time bias fold: a chain's gained bias folded into the BatchNorm that follows it.
 
 A chain with batch norm inside has an effective bias even when the stock layer has none
 (e.g. ResNet convs). The stock architecture has no place for it, but the BatchNorm reading
@@ -7,6 +7,9 @@ with running mean ``m - b``. Finding that BatchNorm needs the data flow, so the 
 traced with torch.fx (chains and batch norms as leaves); the fold is refused unless the
 layer's output goes to exactly one BatchNorm. Libraries whose models need some modules or
 functions left untraced (timm's no-trace lists) say so once, with :func:`register_trace_options`.
+
+Not to be confused with the training-time batch-norm merge (:mod:`overparam.bn_merge`), which
+runs a batch norm *inside* an expanded chain as a scaling of the next factor.
 """
 
 from __future__ import annotations
@@ -100,14 +103,20 @@ def find_following_batch_norms(
     found: dict[str, tuple[str, ...]] = {}
     for path in paths:
         bns: list[str] = []
-        for node in calls.get(path) or [None]:
+        nodes: list[torch.fx.Node | None] = [*calls.get(path, [])] or [None]
+        for node in nodes:
             users = list(node.users) if node is not None else []
             target = str(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
             bn = model.get_submodule(target) if target is not None else None
             reads_only_this = target is not None and all(
                 bool(call.args) and _is_call_of(call.args[0], path) for call in calls[target]
             )
-            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or not reads_only_this:
+            if (
+                target is None
+                or not isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                or bn.running_mean is None
+                or not reads_only_this
+            ):
                 readers = ", ".join(str(u.target) for u in users) or "nothing"
                 raise ValueError(
                     f"layer {path!r} gains a bias from the batch norm inside its chain, but the stock layer has "

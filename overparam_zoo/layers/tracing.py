@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from overparam import OverparamChain
-from overparam.fold import register_trace_options
+from overparam.bias_fold import register_trace_options
 
 __all__ = ["register_tracing", "timm_trace_options"]
 
@@ -20,7 +20,7 @@ def timm_trace_options() -> dict[str, Any]:
     return {"leaf_modules": tuple(get_notrace_modules()), "autowrap_functions": tuple(get_notrace_functions())}
 
 
-def _chain_classes(cls: type = OverparamChain) -> Iterator[type]:
+def _chain_classes(cls: type[OverparamChain] = OverparamChain) -> Iterator[type[OverparamChain]]:
     yield cls
     for sub in cls.__subclasses__():
         yield from _chain_classes(sub)
@@ -32,7 +32,7 @@ def register_tracing() -> None:
     honour timm's no-trace lists. Idempotent."""
     from timm.layers import register_notrace_module
 
-    from overparam_zoo.names import converters  # noqa: F401 - defines the chain classes for timm's layer types
+    from overparam_zoo.layers import chains  # noqa: F401 - defines the chain classes for timm's layer types
 
     for cls in _chain_classes():
         register_notrace_module(cls)

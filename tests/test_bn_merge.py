@@ -1,4 +1,4 @@
-"""Batch norm between two factors, folded into the next factor in training (chain._fold_batch_norm).
+"""Batch norm between two factors, merged into the next factor in training (overparam.bn_merge).
 
 The reference runs the same modules one by one, every batch norm as itself. Float64, so the
 only difference is rounding: 1e-10 relative, as everywhere for exactness.
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import overparam.chain
+import overparam.bn_merge
 from overparam import OverparamConv1d, OverparamConv2d, OverparamLinear
 
 from .helpers import randomize_, relative_error
@@ -21,7 +21,7 @@ TOL = 1e-10
 @pytest.fixture
 def fold_every_map(monkeypatch):
     """The fold for maps of any size (by default only maps worth it are folded)."""
-    monkeypatch.setattr(overparam.chain, "_FOLD_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(overparam.bn_merge, "MERGE_MIN_ELEMENTS", 0)
 
 
 def unfolded_forward(layer, x):
@@ -92,8 +92,8 @@ def saved_storages(fn):
 
 @pytest.mark.parametrize("size", [16, 32], ids=["small-folded-by-hand", "large-by-default"])
 def test_folded_batch_norm_saves_no_normalised_map(size, monkeypatch):
-    if size * size * 64 < overparam.chain._FOLD_MIN_ELEMENTS:
-        monkeypatch.setattr(overparam.chain, "_FOLD_MIN_ELEMENTS", 0)
+    if size * size * 64 < overparam.bn_merge.MERGE_MIN_ELEMENTS:
+        monkeypatch.setattr(overparam.bn_merge, "MERGE_MIN_ELEMENTS", 0)
     layer = OverparamConv2d(16, 16, 3, depth=4, padding=1, batch_norm=True).train()
     x = torch.randn(8, 16, size, size, requires_grad=True)
     map_bytes = x.numel() * x.element_size()

@@ -1,5 +1,7 @@
-"""The module timm's registry lists op variants under (``timm.list_modules()`` shows
-``op_models``); :mod:`overparam_zoo.names.zoos` fills ``default_cfgs`` and ``__all__``."""
+"""The module the op variants' builders belong to, in both zoos: timm's registry lists them
+under it (``timm.list_modules()`` shows ``op_models``; timm's ``register_model`` appends each
+name to ``__all__``, :mod:`overparam_zoo.registry.zoos` fills ``default_cfgs``), and it is the
+``__module__`` of torchvision's variant builders too."""
 
 from typing import Any
 

@@ -1,43 +1,59 @@
 """One adapter per model zoo: the few things ``overparam_zoo`` asks of timm and torchvision.
 
-Everything zoo-specific lives here, behind :class:`Zoo`: whether a name is a model, building
-one, registering an op variant (so ``timm.create_model``/``torchvision.models.get_model`` find
-it), the input size to probe a model with, the class count and input channels a state dict
-implies, and the ``config.json`` that describes a model. The registry decides which zoo a
-name belongs to; the modules that then need zoo-specific behaviour (export, verify, the model
-card, loading, compare) ask the :class:`Zoo` it names, and only this module imports torchvision
-(an import-linter contract).
+Everything about *building* models that differs by zoo lives here, behind :class:`Zoo`: whether a
+name is a model, building one, registering an op variant (so ``timm.create_model`` and
+``torchvision.models.get_model``/``get_model_weights`` find it), the input size to probe a model
+with, the class count and input channels a state dict implies. The registry decides which zoo a
+name belongs to; what an *export* of each zoo looks like is :mod:`overparam_zoo.checkpoints.formats`.
+This is the only module that imports torchvision (an import-linter contract).
+
+Private library API is looked up, never assumed: torchvision registers builders only through
+``torchvision.models._api`` (no public equivalent), so a torchvision without it gets variants
+through :func:`overparam_zoo.create_model` only, with a warning; timm's input-size reader is
+public in recent timm (``timm.models.get_model_input_config``) and the model's ``pretrained_cfg``
+stands in for it before.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, Protocol, cast
 
 import torch
 from torch import nn
 
-from overparam_zoo.names import op_models
+from overparam_zoo.registry import op_models
 
-__all__ = ["Zoo", "TimmZoo", "TorchvisionZoo", "ZOOS", "get_zoo"]
+if TYPE_CHECKING:
+    from overparam_zoo.registry.recipe import Variant
+
+__all__ = ["ZOOS", "Zoo", "TimmZoo", "TorchvisionZoo", "Builder", "get_zoo"]
+
+ZOOS: tuple[str, ...] = ("timm", "torchvision")
+"""The zoos, in the order a name both know is resolved (timm first)."""
 
 #: ``builder(**kwargs) -> nn.Module`` for one variant, as the zoo's registry calls it
 Builder = Callable[..., nn.Module]
 
-#: build arguments a timm ``config.json`` keeps at its top level only, never in ``model_args``
-_LOADER_ARGS = ("num_classes",)
+
+class BuiltModel(Protocol):
+    """The plain attributes a model built here carries (``nn.Module``'s typing admits tensors and
+    modules only): timm's ``pretrained_cfg`` (``default_cfg`` its old name) and, on an op model,
+    ``overparam_zoo``: ``{"variant", "zoo", "model_args"}``, what export needs to collapse it."""
+
+    pretrained_cfg: dict[str, Any]
+    default_cfg: dict[str, Any]
+    num_classes: int
+    overparam_zoo: dict[str, Any]
 
 
 class Zoo(ABC):
     """What the registry and the exports need from a model zoo."""
 
     name: str
-    #: the Hugging Face ``library_name`` of the zoo's checkpoints, if the hub knows it
-    library_name: str | None = None
     #: the build argument that sets a model's input channels (``None``: the zoo's models take
     #: the channels they were designed for, e.g. torchvision's RGB; see :meth:`input_size`)
     channels_arg: str | None = None
@@ -55,12 +71,12 @@ class Zoo(ABC):
         """The model ``name``, built the zoo's own way (``timm.create_model``, ``get_model``)."""
 
     @abstractmethod
-    def variant_builder(self, variant: Any, convert: Callable[[nn.Module, bool], None]) -> Builder:
+    def variant_builder(self, variant: Variant, convert: Callable[[nn.Module, bool], None]) -> Builder:
         """A builder for ``variant``: the base built with the zoo's arguments, then
         ``convert(model, pretrained)`` turns it into the op model in place."""
 
     @abstractmethod
-    def register(self, variant: Any, builder: Builder) -> bool:
+    def register(self, variant: Variant, builder: Builder) -> bool:
         """Register ``builder`` under ``variant.name``; ``False`` (with a warning) when the zoo
         refuses it, in which case :func:`overparam_zoo.create_model` still builds it."""
 
@@ -69,29 +85,31 @@ class Zoo(ABC):
         """The input size (without batch) the model is meant for."""
 
     @abstractmethod
-    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
+    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Variant | None = None) -> dict[str, Any]:
         """Build arguments (``num_classes``, ``in_chans``) that make model ``name`` (the op
         ``variant``, if it is one) fit ``state``."""
-
-    @abstractmethod
-    def write_config(self, model: nn.Module, architecture: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write the ``config.json`` that lets the zoo rebuild ``model`` as ``architecture``,
-        with ``extra`` merged at the top level; returns what was written."""
 
     def pretrained_origin(self, base: str, trained_name: str) -> str | None:
         """The hub id of the pretrained weights a run named ``trained_name`` started from."""
         return None
 
-    @abstractmethod
-    def card_usage(self, base: str, num_classes: int | None, repo: str) -> str:
-        """The model card's "how to load" section for an export of ``base``."""
+    def _taken(self, variant: Variant) -> bool:
+        """Whether ``variant.name`` is already a model of this zoo; then a warning says the variant
+        is not registered (the zoo's own model keeps the name)."""
+        if not self.is_model(variant.name):
+            return False
+        warnings.warn(
+            f"overparam_zoo: {variant.name} is already a {self.name} model; the variant from "
+            f"{variant.recipe.path} is not registered",
+            stacklevel=5,
+        )
+        return True
 
 
 class TimmZoo(Zoo):
     """timm: variants are registered into timm's registry under the module ``op_models``."""
 
     name = "timm"
-    library_name = "timm"
     channels_arg = "in_chans"
 
     def is_model(self, name: str) -> bool:
@@ -109,7 +127,7 @@ class TimmZoo(Zoo):
 
         return timm.create_model(name, **kwargs)
 
-    def variant_builder(self, variant: Any, convert: Callable[[nn.Module, bool], None]) -> Builder:
+    def variant_builder(self, variant: Variant, convert: Callable[[nn.Module, bool], None]) -> Builder:
         def build(
             pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None, **kwargs: Any
         ) -> nn.Module:
@@ -126,8 +144,9 @@ class TimmZoo(Zoo):
             )
             convert(model, pretrained)
             cfg = _map_cfg_paths(dict(getattr(model, "pretrained_cfg", {}) or {}), variant, model)
-            model.pretrained_cfg = model.default_cfg = cfg
-            model.overparam_zoo = {"variant": variant.name, "zoo": self.name, "model_args": kwargs}
+            built = cast(BuiltModel, model)
+            built.pretrained_cfg = built.default_cfg = cfg
+            built.overparam_zoo = {"variant": variant.name, "zoo": self.name, "model_args": kwargs}
             return model
 
         build.__name__ = build.__qualname__ = variant.name
@@ -135,16 +154,10 @@ class TimmZoo(Zoo):
         build.__doc__ = f"{variant.base} over-parameterized at depth {variant.depth} ({variant.recipe.path.name})."
         return build
 
-    def register(self, variant: Any, builder: Builder) -> bool:
-        import timm
+    def register(self, variant: Variant, builder: Builder) -> bool:
         from timm.models import register_model
 
-        if timm.is_model(variant.name):
-            warnings.warn(
-                f"overparam_zoo: {variant.name} is already a timm model; the variant from "
-                f"{variant.recipe.path} is not registered",
-                stacklevel=4,
-            )
+        if self._taken(variant):
             return False
         if not variant.recipe.is_generic:
             # a registry cfg costs ~0.5 ms (timm deep-copies the base's): worth it for the named
@@ -153,7 +166,7 @@ class TimmZoo(Zoo):
         register_model(builder)
         return True
 
-    def _variant_cfg(self, variant: Any) -> dict[str, Any]:
+    def _variant_cfg(self, variant: Variant) -> dict[str, Any]:
         """The base's pretrained cfg, with ``first_conv``/``classifier`` naming factors."""
         from timm.models import get_pretrained_cfg
 
@@ -164,14 +177,19 @@ class TimmZoo(Zoo):
         return _map_cfg_paths(cfg, variant, None)
 
     def input_size(self, model: nn.Module) -> tuple[int, ...]:
-        try:
-            from timm.models._hub import get_model_input_config
+        import timm.models
 
-            return tuple(get_model_input_config(model)["input_size"])
-        except (ImportError, KeyError, AttributeError):
-            return tuple(model.pretrained_cfg["input_size"])
+        # public in recent timm: the size the model is built for now (img_size, in_chans);
+        # before it, the pretrained cfg the model was built with
+        current = getattr(timm.models, "get_model_input_config", None)
+        if current is not None:
+            try:
+                return tuple(current(model)["input_size"])
+            except (KeyError, AttributeError):
+                pass
+        return pretrained_input_size(model)
 
-    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
+    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Variant | None = None) -> dict[str, Any]:
         from timm.models import get_pretrained_cfg
 
         if variant is not None:
@@ -188,20 +206,6 @@ class TimmZoo(Zoo):
             args["in_chans"] = state[f"{first}.weight"].shape[1]
         return args
 
-    def write_config(self, model: nn.Module, architecture: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
-        from timm.models._hub import save_config_for_hf
-
-        save_config_for_hf(model, str(path), model_config=extra)
-        config = json.loads(path.read_text())
-        # loaders pass these themselves: transformers builds ``timm.create_model(architecture,
-        # num_classes=num_labels, **model_args)`` (a repeated key is a TypeError), timm reads the top level
-        for key in _LOADER_ARGS:
-            config.get("model_args", {}).pop(key, None)
-        if config.get("model_args") == {}:
-            del config["model_args"]
-        path.write_text(json.dumps(config, indent=2))
-        return config
-
     def pretrained_origin(self, base: str, trained_name: str) -> str | None:
         from timm.models import get_pretrained_cfg, split_model_name_tag
 
@@ -209,26 +213,11 @@ class TimmZoo(Zoo):
         cfg = get_pretrained_cfg(f"{base}.{tag}" if tag else base)
         return getattr(cfg, "hf_hub_id", None) or None
 
-    def card_usage(self, base: str, num_classes: int | None, repo: str) -> str:
-        return (
-            "```python\nimport timm\nimport torch\n\n"
-            f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()\n'
-            "# or, from a local copy of this folder:\n"
-            '# model = timm.create_model("local-dir:path/to/folder", pretrained=True).eval()\n\n'
-            "data_config = timm.data.resolve_data_config(model=model)\n"
-            "transform = timm.data.create_transform(**data_config, is_training=False)\n"
-            "with torch.no_grad():\n"
-            "    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)  # image: a PIL image\n"
-            "```\n\n"
-            f"`model.safetensors` holds exactly the keys and shapes of timm's `{base}` with {num_classes} classes, "
-            f"so timm's scripts take it as it is: `validate.py DATA --model {base} --num-classes {num_classes} "
-            "--checkpoint model.safetensors`. No overparam-zoo install is needed.\n"
-        )
-
 
 class TorchvisionZoo(Zoo):
-    """torchvision: stock models through their public builder functions (the registry's
-    internals may change); variants through ``torchvision.models`` registration where it exists."""
+    """torchvision: stock models through their public builders (``torchvision.models.<name>``,
+    ``get_model_builder``); variants registered into ``torchvision.models`` where it lets us, with
+    the base's weights enum, so ``get_model_weights`` and ``get_model(..., weights=...)`` work."""
 
     name = "torchvision"
 
@@ -242,17 +231,41 @@ class TorchvisionZoo(Zoo):
         return builder if is_builder and module.startswith("torchvision.models.") else None
 
     @staticmethod
-    def _registry() -> tuple[dict[str, Any], Callable[..., Any]] | None:
+    def _registered_builder(name: str) -> Builder | None:
+        import torchvision.models
+
+        try:  # list_models: exact names (get_model_builder lower-cases them)
+            known = name in torchvision.models.list_models()
+            return torchvision.models.get_model_builder(name) if known else None
+        except (NameError, AttributeError):  # a registry laid out otherwise
+            return None
+
+    @staticmethod
+    def _registrar() -> Callable[[str], Callable[[Builder], Builder]] | None:
+        """torchvision's ``register_model`` decorator, if its registry is as expected: it is
+        private (``torchvision.models._api``, torchvision >= 0.14; there is no public one)."""
         try:
             from torchvision.models import _api
 
-            return _api.BUILTIN_MODELS, _api.register_model
+            if isinstance(_api.BUILTIN_MODELS, dict):  # the table register_model writes
+                return _api.register_model
         except (ImportError, AttributeError):
+            pass
+        return None
+
+    @staticmethod
+    @functools.cache  # a base has several variants
+    def _weights_enum(base: str) -> type | None:
+        """The base's ``WeightsEnum`` class, ``None`` for a builder without one."""
+        import torchvision.models
+
+        try:
+            return torchvision.models.get_model_weights(base)
+        except (ValueError, KeyError, NameError, AttributeError):
             return None
 
     def is_model(self, name: str) -> bool:
-        registry = self._registry()
-        return self._public_builder(name) is not None or (registry is not None and name in registry[0])
+        return self._public_builder(name) is not None or self._registered_builder(name) is not None
 
     def list_models(self) -> list[str]:
         import torchvision.models
@@ -260,42 +273,36 @@ class TorchvisionZoo(Zoo):
         return [n for n in torchvision.models.list_models(module=torchvision.models) if self._public_builder(n)]
 
     def build(self, name: str, **kwargs: Any) -> nn.Module:
-        builder = self._public_builder(name)
-        if builder is None:
-            registry = self._registry()
-            builder = registry[0][name] if registry is not None else None
+        builder = self._public_builder(name) or self._registered_builder(name)
         if builder is None:
             raise KeyError(name)
         return builder(**kwargs)
 
-    def variant_builder(self, variant: Any, convert: Callable[[nn.Module, bool], None]) -> Builder:
+    def variant_builder(self, variant: Variant, convert: Callable[[nn.Module, bool], None]) -> Builder:
         def build(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> nn.Module:
             model = self.build(variant.base, weights=weights, progress=progress, **kwargs)
             convert(model, weights is not None)
-            model.overparam_zoo = {"variant": variant.name, "zoo": self.name, "model_args": kwargs}
+            cast(BuiltModel, model).overparam_zoo = {"variant": variant.name, "zoo": self.name, "model_args": kwargs}
             return model
 
         build.__name__ = build.__qualname__ = variant.name
-        build.__module__ = "overparam_zoo.torchvision_models"
+        build.__module__ = op_models.__name__
         build.__doc__ = f"torchvision {variant.base} over-parameterized at depth {variant.depth}."
+        enum = self._weights_enum(variant.base)
+        if enum is not None:  # what get_model_weights reads: the annotation of `weights`
+            build.__annotations__ = {**build.__annotations__, "weights": Optional[enum]}  # noqa: UP045
         return build
 
-    def register(self, variant: Any, builder: Builder) -> bool:
-        registry = self._registry()
-        if registry is None:
+    def register(self, variant: Variant, builder: Builder) -> bool:
+        register = self._registrar()
+        if register is None:
             warnings.warn(
                 f"overparam_zoo: torchvision's model registry API is not as expected; {variant.name} is "
                 f"available through overparam_zoo.create_model(..., zoo='torchvision') only",
                 stacklevel=4,
             )
             return False
-        models, register = registry
-        if variant.name in models:
-            warnings.warn(
-                f"overparam_zoo: {variant.name} is already a torchvision model; the variant from "
-                f"{variant.recipe.path} is not registered",
-                stacklevel=4,
-            )
+        if self._taken(variant):
             return False
         register(variant.name)(builder)
         return True
@@ -304,25 +311,21 @@ class TorchvisionZoo(Zoo):
         first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         return (first.in_channels, 224, 224) if isinstance(first, nn.Conv2d) else (first.in_features,)
 
-    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
+    def shape_args(
+        self, name: str, state: dict[str, torch.Tensor], variant: Variant | None = None
+    ) -> dict[str, Any]:
         linears = [k for k in state if k.endswith(".weight") and state[k].dim() == 2]
         return {"num_classes": state[linears[-1]].shape[0]} if linears else {}
 
-    def write_config(self, model: nn.Module, architecture: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
-        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        config = {"architecture": architecture, "zoo": self.name, "num_classes": classifier.out_features, **extra}
-        path.write_text(json.dumps(config, indent=2))
-        return config
 
-    def card_usage(self, base: str, num_classes: int | None, repo: str) -> str:
-        return (
-            "```python\nimport torchvision\nfrom safetensors.torch import load_file\n\n"
-            f"model = torchvision.models.{base}(num_classes={num_classes})\n"
-            'model.load_state_dict(load_file("model.safetensors"), strict=True)\nmodel.eval()\n```\n'
-        )
+def pretrained_input_size(model: nn.Module) -> tuple[int, ...]:
+    """The input size a timm model's ``pretrained_cfg`` gives (what timm before
+    ``get_model_input_config`` offers)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg["input_size"])
 
 
-def _map_cfg_paths(cfg: dict[str, Any], variant: Any, model: nn.Module | None) -> dict[str, Any]:
+def _map_cfg_paths(cfg: dict[str, Any], variant: Variant, model: nn.Module | None) -> dict[str, Any]:
     """``first_conv``/``classifier`` name layers whose ``.weight`` is in the op model's state
     dict: the first factor (its input is the image) and the last factor (its output is the logits)."""
     from overparam import ChainOptions, OverparamChain
@@ -352,9 +355,9 @@ def _map_cfg_paths(cfg: dict[str, Any], variant: Any, model: nn.Module | None) -
     return cfg
 
 
-ZOOS: dict[str, Zoo] = {zoo.name: zoo for zoo in (TimmZoo(), TorchvisionZoo())}
+_ADAPTERS: dict[str, Zoo] = {zoo.name: zoo for zoo in (TimmZoo(), TorchvisionZoo())}
 
 
 def get_zoo(name: str) -> Zoo:
-    """The adapter for ``name`` (``"timm"`` or ``"torchvision"``)."""
-    return ZOOS[name]
+    """The adapter for ``name``, one of :data:`ZOOS`."""
+    return _ADAPTERS[name]

@@ -9,17 +9,21 @@ A plugin is any object or module with functions named like these, marked with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pluggy
 from torch import nn
 
-__all__ = ["hookspec", "hookimpl", "PROJECT_NAME"]
+__all__ = ["hookspec", "hookimpl", "PROJECT_NAME", "Converter"]
 
 PROJECT_NAME = "overparam_zoo"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: ``fn(module, **chain_options) -> nn.Module``: a layer converter (see :func:`overparam_zoo_converters`)
+Converter = Callable[..., nn.Module]
 
 
 @hookspec
@@ -28,7 +32,7 @@ def overparam_zoo_recipe_paths() -> list[str | Path]:
 
 
 @hookspec
-def overparam_zoo_converters() -> dict[type[nn.Module], Any]:
+def overparam_zoo_converters() -> dict[type[nn.Module], Converter]:
     """Converters for layer types that are not stock ``nn.Linear``/``nn.ConvNd``.
 
     Each maps an exact class to ``fn(module, **options) -> nn.Module`` that returns an
