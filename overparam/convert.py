@@ -8,10 +8,11 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 from .bias_fold import find_following_batch_norms, needs_bias_fold
 from .chain import OverparamChain
@@ -35,7 +36,11 @@ __all__ = [
 logger = logging.getLogger("overparam")
 
 STOCK_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CHAIN_FOR = {nn.Conv1d: OverparamConv1d, nn.Conv2d: OverparamConv2d, nn.Conv3d: OverparamConv3d}
+_CHAIN_FOR: dict[type[nn.Module], Callable[..., OverparamChain]] = {
+    nn.Conv1d: OverparamConv1d,
+    nn.Conv2d: OverparamConv2d,
+    nn.Conv3d: OverparamConv3d,
+}
 
 Init = Literal["match", "default", "expand"]
 
@@ -103,49 +108,54 @@ def from_stock(
         ValueError: for options that cannot be realised exactly for this layer.
     """
     kind = _stock_base(layer) if chain_class is not None else type(layer)
-    if kind not in STOCK_LAYERS:
+    if kind is None or kind not in STOCK_LAYERS:
         raise TypeError(f"from_stock expects one of {[c.__name__ for c in STOCK_LAYERS]}, got {type(layer).__name__}")
     opts = ChainOptions.of(options, **option_kwargs)
-    factory: dict[str, Any] = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    weight, bias = cast(Tensor, layer.weight), cast("Tensor | None", layer.bias)
+    factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
     chain: OverparamChain
     if kind is nn.Linear:
+        linear = cast(nn.Linear, layer)
         opts = ChainOptions.of(opts, depth=opts.factor_count, kernel_sizes=None)
-        chain = (chain_class or OverparamLinear)(
-            layer.in_features,
-            layer.out_features,
+        build_linear: Callable[..., OverparamChain] = chain_class or OverparamLinear
+        chain = build_linear(
+            linear.in_features,
+            linear.out_features,
             **{k: v for k, v in opts.as_kwargs().items() if k != "kernel_sizes"},
-            bias=layer.bias is not None,
+            bias=bias is not None,
             **factory,
         )
     else:
-        ones = (1,) * len(layer.kernel_size)
+        conv = cast(_ConvNd, layer)
+        ones = (1,) * len(conv.kernel_size)
         split = opts.kernel_sizes
         if split is None:  # the layer's kernel on the first factor
-            split = [tuple(layer.kernel_size)] + [ones] * (opts.factor_count - 1)
+            split = [tuple(conv.kernel_size)] + [ones] * (opts.factor_count - 1)
         elif not isinstance(split, Sequence):
             split = [split] + [ones] * (opts.factor_count - 1)
-        chain = (chain_class or _CHAIN_FOR[kind])(
-            layer.in_channels,
-            layer.out_channels,
+        build_conv: Callable[..., OverparamChain] = chain_class or _CHAIN_FOR[kind]
+        chain = build_conv(
+            conv.in_channels,
+            conv.out_channels,
             **{**opts.as_kwargs(), "depth": None, "kernel_sizes": split},
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            padding_mode=layer.padding_mode,
-            bias=layer.bias is not None,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            padding_mode=conv.padding_mode,
+            bias=bias is not None,
             **factory,
         )
-        if tuple(chain.kernel_size) != tuple(layer.kernel_size):
+        if tuple(chain.plan.kernel_size) != tuple(conv.kernel_size):
             raise ValueError(
-                f"kernel_sizes={list(split)} composes to kernel {chain.kernel_size}, but the "
-                f"stock layer has kernel {tuple(layer.kernel_size)}; the split must compose to it "
+                f"kernel_sizes={list(split)} composes to kernel {chain.plan.kernel_size}, but the "
+                f"stock layer has kernel {tuple(conv.kernel_size)}; the split must compose to it "
                 f"(sum(k) - depth + 1 per dim)"
             )
     if init == "match":
         with torch.no_grad():
-            std = float(layer.weight.detach().double().std(unbiased=False)) if layer.weight.numel() > 1 else 0.0
-        init_chain_(chain, weight_std=opts.init_scale * std, bias=None if layer.bias is None else layer.bias.detach())
+            std = float(weight.detach().double().std(unbiased=False)) if weight.numel() > 1 else 0.0
+        init_chain_(chain, weight_std=opts.init_scale * std, bias=None if bias is None else bias.detach())
     elif init != "default":
         raise ValueError(f"init must be 'match' or 'default', got {init!r}")
     return chain.train(layer.training)
@@ -295,7 +305,9 @@ def convert_model(
             report.skipped[label] = str(err)
             continue
         if init == "expand":
-            error = expand_into_(new, module.weight, module.bias)
+            error = expand_into_(
+                cast(OverparamChain, new), cast(Tensor, module.weight), cast("Tensor | None", module.bias)
+            )
             report.expansion_errors[label] = error
             if error > 1e-6:
                 report.notes[label] = f"no exact split of the stock weights: relative error {error:.2e}"
@@ -380,10 +392,12 @@ def collapse(model: nn.Module, *, trace_options: Mapping[str, Any] | None = None
         if isinstance(module, OverparamChain):
             stock = module.fuse()
             if module in folds:
+                gained = cast(Tensor, stock.bias)  # a fold is needed only for a bias the chain gained
                 for bn in folds[module]:
+                    mean = cast(Tensor, bn.running_mean)
                     with torch.no_grad():
-                        bn.running_mean.sub_(stock.bias.to(bn.running_mean.dtype))
-                stock.bias = None
+                        mean.sub_(gained.to(mean.dtype))
+                stock.register_parameter("bias", None)
             for path in paths:
                 _set_submodule(model, path, stock)
     return model
@@ -437,9 +451,9 @@ def collapsed_state_dict(
         out[f"{owner}.weight"] = weight
         if bias is not None and chain not in folds:
             out[f"{owner}.bias"] = bias
-    for chain, bns in folds.items():
-        bias = collapsed[chain][1]
+    for folded, bns in folds.items():
+        gained = cast(Tensor, collapsed[cast(OverparamChain, folded)][1])  # a fold is needed only for a bias
         for bn in bns:
             for key in (f"{path}.running_mean" for path in paths_of[bn]):
-                out[key] = out[key] - bias.to(out[key].dtype)
+                out[key] = out[key] - gained.to(out[key].dtype)
     return out

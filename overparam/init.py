@@ -44,17 +44,17 @@ def init_chain_(chain: OverparamChain, weight_std: float | None = None, bias: Te
         weight_std = default_weight_std(chain)
     fan_in = chain.plan.fan_in
     gain = (weight_std * math.sqrt(fan_in)) ** (1.0 / plan.depth) if weight_std > 0 else 1.0
-    for i, factor in enumerate(chain.factors):
+    factors = chain.factor_layers
+    for i, factor in enumerate(factors):
         factor_fan_in = plan.channels[i] // plan.groups * math.prod(plan.kernels[i])
         nn.init.normal_(factor.weight, std=gain / math.sqrt(factor_fan_in))
         if factor.bias is not None:
             nn.init.zeros_(factor.bias)
     if weight_std == 0:
-        nn.init.zeros_(chain.factors[-1].weight)
-    if chain.norms is not None:
-        for norm in chain.norms:
-            norm.reset_parameters()
-    last_bias = chain.factors[-1].bias
+        nn.init.zeros_(factors[-1].weight)
+    for norm in chain.norm_layers or ():
+        norm.reset_parameters()
+    last_bias = factors[-1].bias
     if last_bias is not None:
         if bias is None:
             bound = 1.0 / math.sqrt(fan_in)

@@ -14,7 +14,7 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["ChainOptions", "ChainOptionError", "CHAIN_OPTION_NAMES"]
 
@@ -49,7 +49,7 @@ def _is_interval(value: object) -> bool:
     return number is not None and (number >= 1 or number == -1)
 
 
-def _is_list(value: object) -> bool:
+def _is_list(value: object) -> TypeGuard[Sequence[Any]]:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
@@ -84,7 +84,7 @@ class ChainOptions:
     width: float = 1
     batch_norm: bool = False
     residual: bool = False
-    residual_intervals: int | tuple[int, ...] = 2
+    residual_intervals: int | Sequence[int] = 2  # stored as a tuple
     kernel_sizes: KernelSizes | None = None
     init_scale: float = 1.0
 
@@ -146,7 +146,7 @@ class ChainOptions:
     def factor_count(self) -> int:
         """How many factors a chain with these options has."""
         if _is_list(self.kernel_sizes):
-            return len(self.kernel_sizes)  # type: ignore[arg-type]
+            return len(self.kernel_sizes)
         return 2 if self.depth is None else int(self.depth)
 
     def as_kwargs(self) -> dict[str, Any]:
