@@ -1,5 +1,7 @@
 """Shared test helpers (imported as ``from .helpers import ...``; fixtures live in conftest.py)."""
 
+import argparse
+
 import torch
 from torch import nn
 
@@ -40,3 +42,50 @@ def tiny_op_net(batch_norm: bool) -> nn.Module:
         nn.Linear(16, 10),
     )
     return overparameterize(base, depth=2, batch_norm=batch_norm)
+
+
+def train_py_args(**overrides):
+    """An ``args`` namespace as timm's train.py saves it in its checkpoints (its defaults, then ``overrides``)."""
+    args = dict(
+        data_dir="",
+        dataset="",
+        train_split="train",
+        val_split="validation",
+        class_map="",
+        model="resnet50",
+        pretrained=False,
+        initial_checkpoint="",
+        num_classes=None,
+        gp=None,
+        img_size=None,
+        in_chans=None,
+        input_size=None,
+        crop_pct=None,
+        mean=None,
+        std=None,
+        interpolation="",
+        batch_size=128,
+        opt="sgd",
+        momentum=0.9,
+        weight_decay=2e-5,
+        sched="cosine",
+        lr=None,
+        warmup_epochs=5,
+        epochs=300,
+        smoothing=0.1,
+        mixup=0.0,
+        cutmix=0.0,
+        aa=None,
+        reprob=0.0,
+        drop=0.0,
+        drop_path=None,
+        model_ema=False,
+        model_ema_decay=0.9998,
+        amp=False,
+        seed=42,
+        eval_metric="top1",
+        world_size=1,
+        model_kwargs={},
+    )
+    args.update(overrides)
+    return argparse.Namespace(**args)

@@ -200,7 +200,7 @@ def test_readme_and_examples_import_only_the_public_api():
     """README, docs and examples import from ``overparam`` and ``overparam_zoo`` (and the module
     timm's train.py names), never from the files behind them."""
     allowed = {"overparam", "overparam_zoo", "overparam_zoo.export_on_save", "overparam_zoo.cli"}
-    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*.py"))]
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "examples").glob("*.py"))]
     found = set()
     for path in texts:
         for module in re.findall(r"(?:from|import)\s+(overparam(?:_zoo)?(?:\.\w+)*)", path.read_text()):

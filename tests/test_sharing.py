@@ -5,7 +5,6 @@ disk with the hub offline, huggingface_hub parses the model card, and ``push`` g
 way to the hub client's first request (which fails here: no network, by design).
 """
 
-import argparse
 import json
 import shutil
 import socket
@@ -24,7 +23,7 @@ from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata, MetadataWarning, read_summary
 from overparam_zoo.sharing.publish import push_export, validate_export
 
-from .helpers import randomize_, relative_error
+from .helpers import randomize_, relative_error, train_py_args
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 CLASSES = ["cat", "dog", "fox", "owl"]
@@ -39,53 +38,6 @@ def trained(name, **kwargs):
             randomize_(m)
     model.train()(X)  # moves BN running statistics
     return model.eval()
-
-
-def train_py_args(**overrides):
-    """An ``args`` namespace as timm's train.py saves it in its checkpoints (its defaults, then ``overrides``)."""
-    args = dict(
-        data_dir="",
-        dataset="",
-        train_split="train",
-        val_split="validation",
-        class_map="",
-        model="resnet50",
-        pretrained=False,
-        initial_checkpoint="",
-        num_classes=None,
-        gp=None,
-        img_size=None,
-        in_chans=None,
-        input_size=None,
-        crop_pct=None,
-        mean=None,
-        std=None,
-        interpolation="",
-        batch_size=128,
-        opt="sgd",
-        momentum=0.9,
-        weight_decay=2e-5,
-        sched="cosine",
-        lr=None,
-        warmup_epochs=5,
-        epochs=300,
-        smoothing=0.1,
-        mixup=0.0,
-        cutmix=0.0,
-        aa=None,
-        reprob=0.0,
-        drop=0.0,
-        drop_path=None,
-        model_ema=False,
-        model_ema_decay=0.9998,
-        amp=False,
-        seed=42,
-        eval_metric="top1",
-        world_size=1,
-        model_kwargs={},
-    )
-    args.update(overrides)
-    return argparse.Namespace(**args)
 
 
 SUMMARY = """epoch,train_loss,eval_loss,eval_top1,eval_top5,lr
