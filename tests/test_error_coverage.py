@@ -161,20 +161,43 @@ def test_the_finder_sees_raises_and_returned_errors():
     assert any(n.startswith("overparam_zoo.checkpoints.reading:_untrusted:CheckpointError:") for n in names)
 
 
-def uncovered(data_file: str) -> list[Site]:
-    """The raise sites whose line no test ran, from a ``coverage run`` data file."""
+def named_tests() -> list[str]:
+    """The tests ``error_sites.json`` names, once each, for the coverage run's command line."""
+    return sorted({node for node in listed().values() if not node.startswith(UNTESTED)})
+
+
+def _test_of(context: str) -> str:
+    """``tests/a.py::test_b`` from pytest-cov's context ``tests/a.py::test_b[param]|run``."""
+    return context.partition("|")[0].partition("[")[0]
+
+
+def not_run_in_their_test(data_file: str | Path) -> list[tuple[Site, str, list[str]]]:
+    """Each listed site whose line did not run inside its named test, with that test and the
+    tests that did run it, from a coverage data file written with per-test contexts."""
     import coverage
 
-    data = coverage.CoverageData(basename=data_file)
+    data = coverage.CoverageData(basename=str(data_file))
     data.read()
-    ran = {str(Path(f).resolve()): set(data.lines(f) or ()) for f in data.measured_files()}
-    return [s for s in raise_sites() if s.line not in ran.get(str(s.path.resolve()), set())]
+    if not data.measured_contexts() - {""}:
+        raise ValueError(f"{data_file} holds no per-test contexts; expected a pytest --cov-context=test run")
+    by_line = {str(Path(f).resolve()): data.contexts_by_lineno(f) for f in data.measured_files()}
+    entries = listed()
+    missed = []
+    for site in raise_sites():
+        test = entries.get(site.name, "")
+        if test.startswith(UNTESTED):
+            continue
+        ran_in = sorted({_test_of(c) for c in by_line.get(str(site.path.resolve()), {}).get(site.line, [])} - {""})
+        if test not in ran_in:
+            missed.append((site, test, ran_in))
+    return missed
 
 
 if __name__ == "__main__":
-    sites = raise_sites()
-    missed = uncovered(sys.argv[1] if len(sys.argv) > 1 else ".coverage")
-    entries = listed()
-    print(f"{len(sites) - len(missed)} of {len(sites)} raise sites ran; never run:")
-    for site in missed:
-        print(f"  {site.name}  ({site.path.relative_to(ROOT)}:{site.line}) -> {entries.get(site.name, 'no entry')}")
+    if sys.argv[1:] == ["--tests"]:  # the named tests, for the coverage run's command line
+        print("\n".join(named_tests()))
+        sys.exit(0)
+    missed = not_run_in_their_test(sys.argv[1] if len(sys.argv) > 1 else ".coverage")
+    print(f"{len(listed()) - len(missed)} of {len(listed())} entries hold; sites not run inside their named test:")
+    for site, test, ran_in in missed:
+        print(f"  {site.name}  ({site.path.relative_to(ROOT)}:{site.line}) -> {test}; ran in {ran_in or 'no test'}")
