@@ -22,7 +22,7 @@ from overparam.convert import from_stock
 from overparam_zoo import hookimpl
 from overparam_zoo.checkpoints.reading import read_checkpoint
 from overparam_zoo.cli import main
-from overparam_zoo.errors import CheckpointError, ExportError, PublishError
+from overparam_zoo.errors import CheckpointError, CompareError, ExportError, PublishError
 from overparam_zoo.registry.variants import register_all
 from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
@@ -323,6 +323,19 @@ def test_the_train_py_hook_skips_an_inexact_epoch_and_training_goes_on(tmp_path,
         "the collapse of resnet18_op_d2_loud is not exact" in warning and "first at fc (TooLoud -> Linear)" in warning
     )
     assert not [p.name for p in tmp_path.iterdir() if "collapsed" in p.name]
+
+
+def test_compare_refuses_an_inexact_op_model_before_training_it(tmp_path, loud):
+    from overparam_zoo.experiments.compare import run_compare
+    from overparam_zoo.experiments.training import TrainSettings
+
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
+    with pytest.raises(CompareError) as caught:
+        run_compare(["resnet18_op_d2_loud"], seeds=1, settings=settings, out=tmp_path / "out", figure=False)
+    prefix = "resnet18_op_d2_loud could not be exported after training, so it is not trained: "
+    assert str(caught.value).startswith(prefix)
+    not_exact(str(caught.value).removeprefix(prefix), "resnet18_op_d2_loud", "fc", "TooLoud -> Linear")
+    assert not (tmp_path / "out").exists()  # nothing trained, resnet18 included
 
 
 class Payload:
