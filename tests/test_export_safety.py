@@ -5,6 +5,7 @@ caller allows its error explicitly; the train.py save hook skips such an epoch w
 run, and a checkpoint holding pickled Python objects is refused unexecuted with our own message."""
 
 import argparse
+import copy
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from overparam import OverparamChain, OverparamLinear
+from overparam import OverparamChain, OverparamLinear, collapse, overparameterize
 from overparam.convert import from_stock
 from overparam_zoo import hookimpl
 from overparam_zoo.checkpoints.reading import read_checkpoint
@@ -28,7 +29,7 @@ from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.publish import validate_export
 from overparam_zoo.sharing.save_hooks import ExportOnSave
-from overparam_zoo.sharing.verify import COLLAPSE_ERROR_BOUND
+from overparam_zoo.sharing.verify import COLLAPSE_ERROR_BOUND, chain_errors
 
 from .helpers import randomize_
 
@@ -200,6 +201,31 @@ def test_a_forward_hook_the_stock_model_cannot_carry_is_refused_naming_its_chain
     with pytest.raises(ExportError, match="first at layer2.0.downsample.0"):
         ExportOnSave(tmp_path / "hook")(model, "last")  # the Python save hook goes through the same check
     assert not (tmp_path / "hook" / "collapsed-last").exists()
+
+
+def test_each_chain_matches_its_stock_layer_to_rounding_when_the_collapse_is_exact():
+    """The per-layer check that names the culprit: a bias-free conv whose chain has batch norm
+    inside gains a bias the collapse folds into the next BatchNorm; the check adds it back."""
+    base = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 4),
+    )
+    op = overparameterize(base, depth=2, batch_norm=True).double()
+    for chain in (op[0], op[4]):
+        randomize_(chain)
+    op.train()(torch.randn(4, 3, 6, 6, dtype=torch.float64))  # moves the batch norms' statistics
+    op.eval()
+    stock = collapse(copy.deepcopy(op))
+    assert stock[0].bias is None and op[0].bias is not None  # folded
+    checks = chain_errors(op, stock, torch.randn(2, 3, 6, 6, dtype=torch.float64))
+    assert [(c.path, c.kind) for c in checks] == [
+        ("0", "OverparamConv2d -> Conv2d"),
+        ("4", "OverparamLinear -> Linear"),
+    ]
+    assert max(c.error for c in checks) < 1e-12  # float64 rounding; without the folded bias, ~1
 
 
 class TooLoud(OverparamLinear):
