@@ -147,7 +147,6 @@ class CheckedCollapse:
     """A collapse that passed every check of :func:`check_collapse`, ready to write."""
 
     variant: Variant
-    model_args: dict[str, Any]
     state: dict[str, torch.Tensor]
     stock: nn.Module
     error: float
@@ -230,7 +229,7 @@ def check_collapse(
     if not error <= bound:  # NaN too
         wrong = next((c for c in chain_errors(op64, stock64, x64) if not c.error <= bound), None)
         raise _inexact(found.name, found.base, error, bound, allow_collapse_error is not None, wrong)
-    return CheckedCollapse(found, args, state, stock, error, shape, None if allow_collapse_error is None else bound)
+    return CheckedCollapse(found, state, stock, error, shape, None if allow_collapse_error is None else bound)
 
 
 def export_collapsed(

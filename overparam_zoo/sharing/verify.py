@@ -12,7 +12,7 @@ probe input for every check of a model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,19 @@ def first_names(names: list[str], total: int) -> str:
     return f"{shown} ({len(names)} of {total} tensors)"
 
 
+def _run_hooked(model: nn.Module, x: torch.Tensor, hook: Callable[[str], Callable], chains_only: bool = False) -> None:
+    """Run ``model`` on ``x`` without gradients, with ``hook(path)`` as a forward hook on every
+    module (every chain, with ``chains_only``), removed afterwards."""
+    modules = [(p, m) for p, m in model.named_modules() if not chains_only or isinstance(m, OverparamChain)]
+    handles = [m.register_forward_hook(hook(p)) for p, m in modules]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def non_finite_output(model: nn.Module, x: torch.Tensor) -> str | None:
     """The first module, in call order, whose output on ``x`` holds a NaN or an infinity
     (``""`` for the model's own output alone); ``None`` when every output is finite."""
@@ -134,13 +147,7 @@ def non_finite_output(model: nn.Module, x: torch.Tensor) -> str | None:
 
         return check
 
-    handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, x, hook)
     return found[0] if found else None
 
 
@@ -194,13 +201,7 @@ def chain_errors(op: nn.Module, stock: nn.Module, x: torch.Tensor) -> list[Layer
 
         return check
 
-    handles = [m.register_forward_hook(hook(p)) for p, m in op.named_modules() if isinstance(m, OverparamChain)]
-    try:
-        with torch.no_grad():
-            op(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(op, x, hook, chains_only=True)
     return checks
 
 
@@ -221,13 +222,7 @@ def verify_collapse(model: nn.Module, variant: Variant, model_args: dict[str, An
 
         return check
 
-    handles = [m.register_forward_hook(hook(p)) for p, m in op.named_modules() if isinstance(m, OverparamChain)]
-    try:
-        with torch.no_grad():
-            op(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(op, x, hook, chains_only=True)
     op32 = copy.deepcopy(model).to("cpu", torch.float32).eval()
     return VerifyReport(
         checks, collapse_error(op, variant, model_args, x), collapse_error(op32, variant, model_args, x.float())
