@@ -141,7 +141,9 @@ def main() -> None:
     for name in args.configs:
         errors = sorted(r["model_error"] for r in measured if r["config"] == name)
         if errors:
-            print(f"{name}: model error median {errors[len(errors) // 2]:.1e}, max {errors[-1]:.1e} ({len(errors)} models)")
+            print(
+                f"{name}: model error median {errors[len(errors) // 2]:.1e}, max {errors[-1]:.1e} ({len(errors)} models)"
+            )
 
 
 if __name__ == "__main__":
