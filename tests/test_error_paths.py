@@ -426,6 +426,14 @@ def test_demo_out_that_is_a_file(tmp_path, capsys):
     assert files_under(tmp_path) == before
 
 
+def test_compare_with_no_calibration_images(tmp_path, capsys):
+    pytest.importorskip("torchao")
+    argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--int8", "--calibration-images", "0"]
+    message = cli_error(capsys, [*argv, "--out", str(tmp_path / "o")])
+    assert message == "--calibration-images 0: expected at least 1"
+    assert not any(tmp_path.iterdir())
+
+
 def test_compare_with_negative_warmup(tmp_path, capsys):
     argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--warmup-epochs", "-1", "--out", str(tmp_path / "o")]
     message = cli_error(capsys, argv)
