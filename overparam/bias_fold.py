@@ -53,6 +53,16 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+def _reader(node: torch.fx.Node) -> str:
+    """What reads a layer's output, as a message names it: a module's path, ``name()`` for a
+    function (``group_norm()``), ``.name()`` for a tensor method."""
+    if node.op == "call_function":
+        return f"{getattr(node.target, '__name__', node.target)}()"
+    if node.op == "call_method":
+        return f".{node.target}()"
+    return str(node.target)
+
+
 def _is_call_of(arg: object, path: str) -> bool:
     return isinstance(arg, torch.fx.Node) and arg.op == "call_module" and arg.target == path
 
@@ -117,7 +127,7 @@ def find_following_batch_norms(
                 or bn.running_mean is None
                 or not reads_only_this
             ):
-                readers = ", ".join(str(u.target) for u in users) or "nothing"
+                readers = ", ".join(_reader(u) for u in users) or "nothing"
                 raise ValueError(
                     f"layer {path!r} gains a bias from the batch norm inside its chain, but the stock layer has "
                     f"none and its output goes to {readers}, not to exactly one BatchNorm that reads only this "

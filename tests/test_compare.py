@@ -463,3 +463,31 @@ def test_a_learning_curve_needs_sizes(folder, tmp_path):
 
     with pytest.raises(CompareError, match=r"^train_sizes=\[\]: expected at least one training-set size$"):
         run_learning_curve([OP], [], data_dir=folder, out=tmp_path / "o")
+
+
+def test_an_op_model_that_could_not_be_exported_is_refused_before_training(tmp_path, isolated_registries, capsys):
+    from overparam_zoo import load_recipe, register_recipe
+
+    # test_efficientnet_gn's convs have no bias and feed GroupNorm, which cannot absorb the bias
+    # that batch norm inside their chains gives them: the export after training would fail
+    recipe = tmp_path / "gn.yaml"
+    recipe.write_text(
+        "zoo: timm\nbases: [test_efficientnet_gn]\nvariants: [{depth: 2, tag: bn, batch_norm: true}]\n"
+        "layers: [{match: '*', types: [Conv2d, Linear]}]\n"
+    )
+    assert register_recipe(load_recipe(recipe)) == ["test_efficientnet_gn_op_d2_bn"]
+    out = tmp_path / "out"
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
+    with pytest.raises(CompareError) as caught:
+        run_compare(["test_efficientnet_gn_op_d2_bn"], seeds=1, settings=settings, out=out, figure=False)
+    expected = (
+        "test_efficientnet_gn_op_d2_bn could not be exported after training, so it is not trained: cannot collapse "
+        "test_efficientnet_gn_op_d2_bn: layer 'conv_stem' gains a bias from the batch norm inside its chain, but the "
+        "stock layer has none and its output goes to group_norm(), not to exactly one BatchNorm that reads only this "
+        "layer and could absorb it; use batch_norm=False for this layer"
+    )
+    assert str(caught.value) == expected
+    assert not out.exists()  # refused before anything, the base model included, was trained or written
+    argv = ["--models", "test_efficientnet_gn_op_d2_bn", "--out", str(out), *TINY, "--seeds", "1"]
+    assert _cli_error(argv, capsys) == f"overparam-zoo compare: error: {str(caught.value)}"
+    assert not out.exists()

@@ -91,3 +91,24 @@ def test_demo_errors_name_flags_and_parameters(tmp_path, capsys):
     with pytest.raises(UnknownModelError, match="not a timm model"):
         run_demo("mobilenet_v3_small_op_d2", out=tmp_path)  # a torchvision variant: the demo reloads with timm
     assert not any(tmp_path.iterdir())
+
+
+def test_a_fresh_process_that_cannot_load_the_export_is_one_line(tmp_path):
+    """The demo's last check, on an export plain timm cannot load (its weights file cut short)."""
+    import numpy as np
+
+    from overparam_zoo.errors import CompareError
+    from overparam_zoo.experiments.demo import _fresh_process_logits
+    from overparam_zoo.sharing.export import export_collapsed
+
+    model = timm.create_model(MODEL, num_classes=10, in_chans=1).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetadataWarning)  # the base's preprocessing: not what this test is about
+        export = export_collapsed(model, tmp_path / "export").out_dir
+    weights = export / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CompareError) as caught:
+        _fresh_process_logits(export, np.zeros((2, 8, 8), dtype=np.uint8))
+    message = str(caught.value)
+    assert message.startswith(f"plain timm could not load and run {export} in a fresh process: ")
+    assert "\n" not in message and "safetensors" in message.lower(), message

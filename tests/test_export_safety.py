@@ -1,8 +1,11 @@
 """Exports that can be trusted: a diverged run (NaN or Inf in the weights, the collapse or the
-probe output) is never exported nor pushed, the train.py save hook skips it without ending the
+probe output) is never exported nor pushed, nor is a collapse that is not exact (a forward hook
+the stock model cannot carry, a plugin converter whose ``fuse()`` is not its forward) unless the
+caller allows its error explicitly; the train.py save hook skips such an epoch without ending the
 run, and a checkpoint holding pickled Python objects is refused unexecuted with our own message."""
 
 import argparse
+import copy
 import json
 import logging
 import re
@@ -15,13 +18,18 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from overparam import OverparamChain
+from overparam import OverparamChain, OverparamLinear, collapse, overparameterize
+from overparam.convert import from_stock
+from overparam_zoo import hookimpl
 from overparam_zoo.checkpoints.reading import read_checkpoint
 from overparam_zoo.cli import main
-from overparam_zoo.errors import CheckpointError, ExportError, PublishError
+from overparam_zoo.errors import CheckpointError, CompareError, ExportError, PublishError
+from overparam_zoo.registry.variants import register_all
 from overparam_zoo.sharing.export import export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.publish import validate_export
+from overparam_zoo.sharing.save_hooks import ExportOnSave
+from overparam_zoo.sharing.verify import COLLAPSE_ERROR_BOUND, chain_errors
 
 from .helpers import randomize_
 
@@ -156,6 +164,200 @@ def test_the_train_py_hook_skips_a_diverged_epoch_and_training_goes_on(tmp_path,
     assert "earlier exports stay in collapsed-last, collapsed-best" in text
     assert (tmp_path / "collapsed-last" / "model.safetensors").read_bytes() == good
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".collapsed")]
+
+
+# --- a collapse that is not exact ------------------------------------------------------------------
+
+NOT_EXACT = (
+    r"the collapse of {name} is not exact: its collapsed resnet18 differs from it by (\S+) \(float64, relative, on "
+    r"the probe input\), above the bound 1e-06 an exact collapse meets; first at {path} \({kind}\), which differs "
+    r"from its stock layer by (\S+) on the input it sees; nothing was written \(a converter that knowingly "
+    r"approximates is exported with {flag}E, the error you accept\)$"
+)
+
+
+def not_exact(message, name, path, kind, flag="allow_collapse_error="):
+    """The model-level and layer-level errors an inexact-collapse refusal names, after checking its words."""
+    pattern = NOT_EXACT.format(name=re.escape(name), path=re.escape(path), kind=re.escape(kind), flag=re.escape(flag))
+    found = re.match(pattern, message)
+    assert found, message
+    return float(found[1]), float(found[2])
+
+
+def test_a_forward_hook_the_stock_model_cannot_carry_is_refused_naming_its_chain(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "earlier.txt").write_text("an earlier export")
+    model = trained()
+    # the shortcut conv of layer2: the chains after it see its output, in the op and the stock model alike
+    model.layer2[0].downsample[0].register_forward_hook(lambda module, inputs, output: output + 0.1)
+    with pytest.raises(ExportError) as caught:
+        export_collapsed(model, tmp_path / "out", force=True, metadata=METADATA)
+    model_error, layer_error = not_exact(
+        str(caught.value), "resnet18_op_d2", "layer2.0.downsample.0", "OverparamConv2d -> Conv2d"
+    )
+    assert model_error > 1e-3 and layer_error > 1e-3
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["earlier.txt"]  # what --force would replace, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder either
+    with pytest.raises(ExportError, match="first at layer2.0.downsample.0"):
+        ExportOnSave(tmp_path / "hook")(model, "last")  # the Python save hook goes through the same check
+    assert not (tmp_path / "hook" / "collapsed-last").exists()
+
+
+def test_each_chain_matches_its_stock_layer_to_rounding_when_the_collapse_is_exact():
+    """The per-layer check that names the culprit: a bias-free conv whose chain has batch norm
+    inside gains a bias the collapse folds into the next BatchNorm; the check adds it back."""
+    base = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 4),
+    )
+    op = overparameterize(base, depth=2, batch_norm=True).double()
+    for chain in (op[0], op[4]):
+        randomize_(chain)
+    op.train()(torch.randn(4, 3, 6, 6, dtype=torch.float64))  # moves the batch norms' statistics
+    op.eval()
+    stock = collapse(copy.deepcopy(op))
+    assert stock[0].bias is None and op[0].bias is not None  # folded
+    checks = chain_errors(op, stock, torch.randn(2, 3, 6, 6, dtype=torch.float64))
+    assert [(c.path, c.kind) for c in checks] == [
+        ("0", "OverparamConv2d -> Conv2d"),
+        ("4", "OverparamLinear -> Linear"),
+    ]
+    assert max(c.error for c in checks) < 1e-12  # float64 rounding; without the folded bias, ~1
+
+
+class TooLoud(OverparamLinear):
+    """A plugin's chain for ``nn.Linear`` whose forward is 1.5x the layer its ``fuse()`` gives back:
+    an approximate converter."""
+
+    def forward(self, x):
+        return 1.5 * super().forward(x)
+
+
+LOUD_RECIPE = (
+    "zoo: timm\nbases: [resnet18]\nvariants: [{depth: 2, tag: loud}]\nlayers: [{match: fc, types: [Linear]}]\n"
+)
+
+
+@pytest.fixture
+def loud(tmp_path, register_plugin):
+    """``resnet18_op_d2_loud``: resnet18 whose classifier is a :class:`TooLoud` chain, from a plugin."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "loud.yaml").write_text(LOUD_RECIPE)
+
+    class Plugin:
+        @hookimpl
+        def overparam_zoo_recipe_paths(self):
+            return [tmp_path / "recipes"]
+
+        @hookimpl
+        def overparam_zoo_converters(self):
+            return {torch.nn.Linear: lambda module, **options: from_stock(module, chain_class=TooLoud, **options)}
+
+    register_plugin(Plugin(), name="loud-plugin")
+    assert "resnet18_op_d2_loud" in register_all()
+    model = trained("resnet18_op_d2_loud")
+    assert type(model.fc) is TooLoud and type(model.layer1[0].conv1) is torch.nn.Conv2d
+    return model
+
+
+def test_a_converter_whose_fuse_is_not_its_forward_is_refused_unless_allowed(tmp_path, loud, capsys, monkeypatch):
+    monkeypatch.setenv("OVERPARAM_ZOO_PROGRESS", "off")
+    with pytest.raises(ExportError) as caught:
+        export_collapsed(loud, tmp_path / "out", metadata=METADATA)
+    model_error, layer_error = not_exact(str(caught.value), "resnet18_op_d2_loud", "fc", "TooLoud -> Linear")
+    assert (model_error, layer_error) == (3.3e-01, 5.0e-01)  # 0.5y relative to 1.5y, and to y, as printed
+    assert_nothing_written(tmp_path)
+
+    # the CLI: one line naming the flag, nothing written; with the flag, exported and recorded
+    torch.save(
+        {"state_dict": loud.state_dict(), "args": argparse.Namespace(model="resnet18_op_d2_loud")}, tmp_path / "w.pth"
+    )
+    argv = ["export", str(tmp_path / "w.pth"), "--out", str(tmp_path / "out"), "--input-size", "3", "32", "32"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("overparam-zoo export: error: "), err
+    not_exact(
+        err[0].removeprefix("overparam-zoo export: error: "),
+        "resnet18_op_d2_loud",
+        "fc",
+        "TooLoud -> Linear",
+        flag="--allow-collapse-error ",
+    )
+    assert_nothing_written(tmp_path)
+    assert main([*argv, "--allow-collapse-error", "0.1"]) == 1  # an allowance below the error does not do
+    assert "above the 0.1 allowed; first at fc" in capsys.readouterr().err
+    assert_nothing_written(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert f"above the {COLLAPSE_ERROR_BOUND:g} an exact collapse meets" in " ".join(capsys.readouterr().out.split())
+    assert main([*argv, "--allow-collapse-error", "0.5"]) == 0
+    assert "(max collapse error 3.3e-01 in float64, allowed up to 0.5)" in capsys.readouterr().out
+    provenance = json.loads((tmp_path / "out" / "config.json").read_text())["overparam_zoo"]
+    assert provenance["allowed_collapse_error"] == 0.5
+    assert provenance["max_collapse_error"] == pytest.approx(1 / 3, rel=1e-6)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "collapsed approximately (see the collapse error under Provenance)" in card
+    assert "**not an exact collapse**: exported with an allowed collapse error of 0.5" in card
+
+
+def test_push_refuses_a_recorded_collapse_error_above_its_bound(tmp_path, loud, capsys, monkeypatch):
+    monkeypatch.setenv("OVERPARAM_ZOO_PROGRESS", "off")
+    result = export_collapsed(loud, tmp_path / "out", metadata=METADATA, allow_collapse_error=0.5)
+    assert result.config["overparam_zoo"]["allowed_collapse_error"] == 0.5  # Python records it as the CLI does
+    validate_export(tmp_path / "out")  # the allowance the export recorded covers it
+    config_path = tmp_path / "out" / "config.json"
+    config = json.loads(config_path.read_text())
+
+    def push_with(provenance):
+        config_path.write_text(json.dumps({**config, "overparam_zoo": provenance}))
+        with pytest.raises(PublishError) as caught:
+            validate_export(tmp_path / "out")
+        return str(caught.value)
+
+    recorded = config["overparam_zoo"]
+    without = {k: v for k, v in recorded.items() if k != "allowed_collapse_error"}  # an inexact folder from before
+    assert push_with(without) == (
+        f"{config_path} records a collapse error of 3.3e-01, above the bound 1e-06 of an exact collapse: these weights "
+        "do not compute what the op model computed, so they are not published; export the checkpoint again (the "
+        "export names the first layer that disagrees)"
+    )
+    assert "above the 0.1 its export allowed" in push_with({**recorded, "allowed_collapse_error": 0.1})
+    assert main(["push", str(tmp_path / "out"), "--repo-id", "someone/x", "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "so they are not published" in err[0], err
+
+
+def test_the_train_py_hook_skips_an_inexact_epoch_and_training_goes_on(tmp_path, loud, checkpoint_saver_hook, caplog):
+    from timm.utils import CheckpointSaver
+
+    saver = CheckpointSaver(
+        loud, torch.optim.SGD(loud.parameters(), lr=0.1), checkpoint_dir=str(tmp_path), max_history=2
+    )
+    with caplog.at_level(logging.WARNING, logger="overparam_zoo"):
+        saver.save_checkpoint(0, metric=1.0)  # returns: the run goes on
+    assert (tmp_path / "checkpoint-0.pth.tar").is_file()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped the export of epoch 0 (collapsed-last, collapsed-best)" in warning
+    assert (
+        "the collapse of resnet18_op_d2_loud is not exact" in warning and "first at fc (TooLoud -> Linear)" in warning
+    )
+    assert not [p.name for p in tmp_path.iterdir() if "collapsed" in p.name]
+
+
+def test_compare_refuses_an_inexact_op_model_before_training_it(tmp_path, loud):
+    from overparam_zoo.experiments.compare import run_compare
+    from overparam_zoo.experiments.training import TrainSettings
+
+    settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
+    with pytest.raises(CompareError) as caught:
+        run_compare(["resnet18_op_d2_loud"], seeds=1, settings=settings, out=tmp_path / "out", figure=False)
+    prefix = "resnet18_op_d2_loud could not be exported after training, so it is not trained: "
+    assert str(caught.value).startswith(prefix)
+    not_exact(str(caught.value).removeprefix(prefix), "resnet18_op_d2_loud", "fc", "TooLoud -> Linear")
+    assert not (tmp_path / "out").exists()  # nothing trained, resnet18 included
 
 
 class Payload:

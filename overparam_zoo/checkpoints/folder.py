@@ -43,6 +43,8 @@ __all__ = [
     "INT8_NAME",
     "PROVENANCE_KEY",
     "INT8_KEY",
+    "ERROR_KEY",
+    "ALLOWED_KEY",
     "ExportFolder",
     "package_versions",
     "provenance",
@@ -57,6 +59,11 @@ PROVENANCE_KEY = "overparam_zoo"
 """Where overparam-zoo's provenance sits in ``config.json`` (top level, where timm ignores it)."""
 INT8_KEY = "int8"
 """Where the measured INT8 accuracy sits: ``config["overparam_zoo"]["int8"]``."""
+ERROR_KEY = "max_collapse_error"
+"""Where the measured float64 collapse error sits: ``config["overparam_zoo"]["max_collapse_error"]``."""
+ALLOWED_KEY = "allowed_collapse_error"
+"""Present only when the export was told to accept an inexact collapse (``allow_collapse_error``):
+the error it accepted, ``config["overparam_zoo"]["allowed_collapse_error"]``."""
 
 _REQUIRED = (WEIGHTS_NAME, CONFIG_NAME)
 _WRITTEN = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
@@ -74,9 +81,12 @@ def package_versions(*names: str) -> dict[str, str]:
     return found
 
 
-def provenance(variant: Variant, error: float, shape: tuple[int, ...]) -> dict[str, Any]:
+def provenance(
+    variant: Variant, error: float, shape: tuple[int, ...], *, allowed: float | None = None
+) -> dict[str, Any]:
     """The provenance an export records under :data:`PROVENANCE_KEY`: the variant and recipe
-    the weights were trained as, the versions that wrote them and the measured collapse error."""
+    the weights were trained as, the versions that wrote them, the measured collapse error and,
+    for an export told to accept an inexact collapse, the error it was allowed."""
     return {
         "variant": variant.name,
         "zoo": variant.zoo,
@@ -84,8 +94,9 @@ def provenance(variant: Variant, error: float, shape: tuple[int, ...]) -> dict[s
         "recipe": variant.recipe.path.name,
         "recipe_sha256": variant.recipe.sha256,
         "versions": package_versions("overparam-zoo", "torch", "timm", "torchvision", "safetensors"),
-        "max_collapse_error": error,
+        ERROR_KEY: error,
         "probe_input_size": list(shape),
+        **({ALLOWED_KEY: allowed} if allowed is not None else {}),
     }
 
 
@@ -162,10 +173,12 @@ class ExportFolder:
         names = [trained.get("variant") if isinstance(trained, dict) else None, config.get("architecture")]
         return [n for n in names if isinstance(n, str) and n]
 
-    def _require(self, key: str, kind: type, where: Mapping[str, Any] | None = None) -> Any:
+    def _require(self, key: str, kind: type | tuple[type, ...], where: Mapping[str, Any] | None = None) -> Any:
         value = (self.config if where is None else where).get(key)
-        if not isinstance(value, kind):
-            raise ExportFolderError(f"{self.config_path}: '{key}' is missing or not a {kind.__name__}; {_NOT_OURS}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # JSON true is no number
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ExportFolderError(f"{self.config_path}: '{key}' is missing or not a {names}; {_NOT_OURS}")
         return value
 
     @property
@@ -211,6 +224,27 @@ class ExportFolder:
             ExportFolderError: for a ``config.json`` without it (not written by overparam-zoo).
         """
         return dict(self._require(PROVENANCE_KEY, dict))
+
+    @property
+    def collapse_error(self) -> float:
+        """The float64 collapse error the export measured (relative, op model vs these weights).
+
+        Raises:
+            ExportFolderError: for a ``config.json`` that records none, or not a number.
+        """
+        return float(self._require(ERROR_KEY, (int, float), self.provenance))
+
+    @property
+    def allowed_collapse_error(self) -> float | None:
+        """The collapse error the export was told to accept (``allow_collapse_error``), or ``None``
+        for an export held to the exact bound.
+
+        Raises:
+            ExportFolderError: for a recorded allowance that is not a number.
+        """
+        if ALLOWED_KEY not in self.provenance:
+            return None
+        return float(self._require(ALLOWED_KEY, (int, float), self.provenance))
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:

@@ -46,11 +46,10 @@ def _load(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():  # our message, not torch's advice to load it unsafely
-            raise _untrusted(path, err) from None
-        raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     except Exception as err:
+        # torch raises every refusal of weights_only loading as "Weights only load failed ..."
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            raise _untrusted(path, err) from None  # our message, not torch's advice to load it unsafely
         raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
 
 

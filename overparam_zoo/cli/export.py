@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from overparam_zoo.cli.flags import flag_errors
 from overparam_zoo.cli.push import add_hub_arguments
 
 if TYPE_CHECKING:
@@ -32,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="the op variant, when the checkpoint does not name it")
     parser.add_argument("--no-ema", action="store_true", help="export state_dict even when state_dict_ema exists")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--allow-collapse-error",
+        type=float,
+        metavar="E",
+        help="accept a collapse error (float64, relative: op model vs the export on a probe input) up to E instead "
+        "of refusing anything above the 1e-06 an exact collapse meets; for a converter you know approximates. "
+        "config.json records E",
+    )
     data = parser.add_argument_group(
         "what the weights are",
         "config.json's pretrained_cfg takes the preprocessing of the training run (a timm train.py checkpoint's "
@@ -95,12 +104,21 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MetadataWarning)
             metadata = _metadata(args, loaded.meta)
-            result = export_collapsed(model, args.out, force=args.force, progress=step, metadata=metadata)
+            with flag_errors({"allow_collapse_error": "--allow-collapse-error"}):
+                result = export_collapsed(
+                    model,
+                    args.out,
+                    force=args.force,
+                    progress=step,
+                    metadata=metadata,
+                    allow_collapse_error=args.allow_collapse_error,
+                )
     for warning in caught:
         print(f"overparam-zoo export: warning: {warning.message}", file=sys.stderr)
+    allowed = f", allowed up to {args.allow_collapse_error:g}" if args.allow_collapse_error is not None else ""
     print(
         f"exported {name} as {result.config['architecture']} to {result.out_dir} "
-        f"(max collapse error {result.max_collapse_error:.1e} in float64)"
+        f"(max collapse error {result.max_collapse_error:.1e} in float64{allowed})"
     )
     for path in result.extra_files:
         print(f"  plus {path}")

@@ -8,7 +8,9 @@ effective rank of the penultimate features and of the (collapsed) weights. Every
 exported collapsed with :func:`~overparam_zoo.sharing.export.export_collapsed`, with the run's own
 preprocessing, label names and recipe as its metadata (:func:`training_args`), reloaded as its
 zoo's stock model with ``strict=True`` (:class:`~overparam_zoo.checkpoints.folder.ExportFolder`) and evaluated again, so the table
-shows the deployed stock model's accuracy.
+shows the deployed stock model's accuracy. Before anything trains, each op model is built
+untrained and put through the export's checks (:func:`~overparam_zoo.sharing.export.check_collapse`),
+so a variant that could not be exported is refused at once, not after a whole run.
 
 Training-set size (``train_size``): every run trains on a stratified part of the training
 images (:func:`~overparam_zoo.experiments.datasets.training_subset`: at seed ``k`` every model
@@ -44,7 +46,7 @@ from torch import nn
 
 from overparam.analysis import embedding_effective_rank, spectrum
 from overparam_zoo.checkpoints.folder import ExportFolder
-from overparam_zoo.errors import CompareError
+from overparam_zoo.errors import CompareError, ExportError
 from overparam_zoo.experiments.datasets import (
     ImageData,
     TrainSize,
@@ -79,7 +81,7 @@ from overparam_zoo.files import atomic_write
 from overparam_zoo.progress import Progress
 from overparam_zoo.registry.variants import Resolved, create_model, resolve
 from overparam_zoo.registry.zoos import ZOOS, get_zoo
-from overparam_zoo.sharing.export import export_collapsed
+from overparam_zoo.sharing.export import check_collapse, export_collapsed
 from overparam_zoo.sharing.metadata import ExportMetadata
 
 __all__ = [
@@ -290,6 +292,21 @@ class _Run:
         if data.in_chans not in self.loaders:
             self.loaders[data.in_chans] = make_loaders(data, self.settings)
         return self.loaders[data.in_chans]
+
+
+def _check_exportable(spec: ModelSpec, data: ImageData) -> None:
+    """Refuse, before any training, an op model whose export would fail: the export's own checks
+    (:func:`~overparam_zoo.sharing.export.check_collapse`: a bias gained inside a chain that no
+    BatchNorm can absorb, a collapse that is not exact) on the untrained model, built as its runs
+    build it. The global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        model, _ = _build(spec, data)
+        try:
+            check_collapse(model)
+        except ExportError as err:
+            raise CompareError(
+                f"{spec.name} could not be exported after training, so it is not trained: {err}"
+            ) from err
 
 
 def _deploy(run: _Run, model: nn.Module, data: ImageData, result: Evaluation) -> tuple[nn.Module, dict[str, Any]]:
@@ -608,7 +625,8 @@ def run_compare(
         DataError: for a dataset that cannot be read or whose dependency is missing, a bad
             ``train_size`` (or one larger than a class) or ``validation_fraction``.
         CompareError: for bad ``seeds``, ``settings``, ``lr_sweep`` or ``updates``, settings
-            differing from the runs in ``out``, or a batch larger than the training set.
+            differing from the runs in ``out``, a batch larger than the training set, or an op
+            model its export would refuse (checked untrained, before any run, naming the layer).
         AnalysisError: for a model without a linear classifier.
         MissingExtraError: for a missing optional dependency.
     """
@@ -646,6 +664,9 @@ def run_compare(
             )
     if updates is not None:
         settings = replace(settings, epochs=math.ceil(updates / (train_images // settings.batch_size)))
+    for spec in specs:
+        if spec.is_variant:
+            _check_exportable(spec, data)
     out = Path(out)
     source = {
         "dataset": data.name if data_dir is None else None,

@@ -16,7 +16,15 @@ label names, no inherited tag, paper, license or hub ids. A ``README.md`` model 
 A diverged run is never exported: a NaN or Inf in the op model's weights, in the collapsed
 weights (finite factors can overflow when multiplied) or in the collapsed model's output on the
 probe input stops the export with an :class:`~overparam_zoo.errors.ExportError` naming the first
-tensors (or the first layer) affected, before anything is written.
+tensors (or the first layer) affected, before anything is written. Nor is a wrong collapse: the
+float64 difference between the op model and the stock model it becomes must stay within
+:data:`~overparam_zoo.sharing.verify.COLLAPSE_ERROR_BOUND` (rounding, for an exact collapse), or
+the export stops naming the first chain that disagrees with its stock layer (a plugin converter
+whose ``fuse()`` is not its forward, a forward hook the stock model cannot carry, a bug).
+``allow_collapse_error`` accepts more, for a converter that knowingly approximates; the folder's
+``config.json`` then records it. Every export goes through :func:`check_collapse`: the CLI,
+:func:`export_collapsed`, the save hooks and ``compare`` (which also runs it on each op model
+before training it).
 
 Writes are atomic: everything goes to a temporary folder beside ``out_dir`` that is renamed
 into place at the end, so a failed export leaves nothing half-written.
@@ -44,21 +52,26 @@ from overparam_zoo.checkpoints.formats import export_format
 from overparam_zoo.errors import ExportError
 from overparam_zoo.files import usual_permissions
 from overparam_zoo.registry.plugins import get_plugin_manager
+from overparam_zoo.registry.recipe import Variant
 from overparam_zoo.registry.variants import build_base, get_variant
 from overparam_zoo.sharing.data_config import describe_weights
 from overparam_zoo.sharing.metadata import ExportMetadata
 from overparam_zoo.sharing.model_card import render_model_card
 from overparam_zoo.sharing.verify import (
-    collapse_error,
+    COLLAPSE_ERROR_BOUND,
+    LayerCheck,
+    chain_errors,
+    collapsed_stock,
     first_names,
     non_finite,
     non_finite_output,
     probe_input,
     probe_shape,
+    relative_difference,
     variant_of,
 )
 
-__all__ = ["ExportResult", "export_collapsed", "check_out_dir", "PROGRESS_STEPS"]
+__all__ = ["ExportResult", "CheckedCollapse", "export_collapsed", "check_collapse", "check_out_dir", "PROGRESS_STEPS"]
 
 PROGRESS_STEPS = 4
 """How many times :func:`export_collapsed` calls its ``progress`` callback, for a caller's counter."""
@@ -93,41 +106,83 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_collapsed(
+def _allowance(allow_collapse_error: float | None) -> float:
+    """The bound a collapse must meet: :data:`COLLAPSE_ERROR_BOUND`, or the caller's explicit one."""
+    if allow_collapse_error is None:
+        return COLLAPSE_ERROR_BOUND
+    if (
+        isinstance(allow_collapse_error, bool)
+        or not isinstance(allow_collapse_error, (int, float))
+        or not 0 < allow_collapse_error < math.inf
+    ):
+        raise ExportError(
+            f"allow_collapse_error={allow_collapse_error}: expected a positive number, the largest float64 collapse "
+            f"error (relative) to accept instead of {COLLAPSE_ERROR_BOUND:g}"
+        )
+    return float(allow_collapse_error)
+
+
+def _inexact(name: str, base: str, error: float, bound: float, allowed: bool, wrong: LayerCheck | None) -> ExportError:
+    """The one-line refusal of an inexact collapse, naming the first chain its stock layer disagrees with."""
+    if wrong is not None:
+        where = (
+            f"first at {wrong.path} ({wrong.kind}), which differs from its stock layer by {wrong.error:.1e} on the "
+            "input it sees"
+        )
+    else:  # every chain agrees: what differs is outside them
+        where = (
+            "yet every chain agrees with its stock layer, so the difference comes from outside the chains "
+            "(a forward hook, or a module the stock model computes differently)"
+        )
+    limit = f"the {bound:g} allowed" if allowed else f"the bound {bound:g} an exact collapse meets"
+    return ExportError(
+        f"the collapse of {name} is not exact: its collapsed {base} differs from it by {error:.1e} (float64, relative, "
+        f"on the probe input), above {limit}; {where}; nothing was written "
+        "(a converter that knowingly approximates is exported with allow_collapse_error=E, the error you accept)"
+    )
+
+
+@dataclass
+class CheckedCollapse:
+    """A collapse that passed every check of :func:`check_collapse`, ready to write."""
+
+    variant: Variant
+    state: dict[str, torch.Tensor]
+    stock: nn.Module
+    error: float
+    probe_shape: tuple[int, ...]
+    allowed: float | None
+
+
+def check_collapse(
     model: nn.Module,
-    out_dir: str | Path,
     *,
     variant: str | None = None,
     model_args: dict[str, Any] | None = None,
-    force: bool = False,
+    allow_collapse_error: float | None = None,
     progress: Callable[[str], None] | None = None,
-    metadata: ExportMetadata | None = None,
-) -> ExportResult:
-    """Write ``model``'s collapsed weights as a standard checkpoint of its base architecture.
+) -> CheckedCollapse:
+    """Collapse ``model`` and check that the result is its exact stock counterpart, writing nothing.
+
+    The checks every export makes (and ``compare`` makes on each op model before training it):
+    finite weights, a collapse that fits the base architecture (a bias gained inside a chain
+    folded into a BatchNorm), a finite collapsed model, and a float64 collapse error on the probe
+    input at most :data:`~overparam_zoo.sharing.verify.COLLAPSE_ERROR_BOUND` (or
+    ``allow_collapse_error``); above it, each chain is checked against its stock layer in float64
+    and the first that disagrees is named.
 
     Args:
         model: an op model (from the registry, or any model with the variant's structure).
-        out_dir: the export folder (created; must be empty or absent unless ``force``).
-        variant: the variant name, when ``model`` was not built by ``overparam_zoo``.
-        model_args: kwargs its base was built with (``num_classes``, ...), with ``variant``.
-        force: replace an existing non-empty ``out_dir``.
+        variant, model_args: as for :func:`export_collapsed`.
+        allow_collapse_error: accept a float64 collapse error up to this (relative) instead of
+            the exact bound, for a converter that knowingly approximates; exports record it.
         progress: called with a short description before each step.
-        metadata: the training run (``ExportMetadata.from_checkpoint``) and explicit preprocessing,
-            labels and license; without training arguments the base's preprocessing is kept, with a
-            :class:`~overparam_zoo.sharing.metadata.MetadataWarning`.
-
-    Returns:
-        An :class:`ExportResult`.
 
     Raises:
-        ExportError: for a model that does not fit its base architecture, a bias gained inside
-            a chain with no BatchNorm to fold into, NaN or Inf in the weights, the collapsed weights
-            or the probe output (a diverged run), preprocessing or labels that do not fit the
-            model, or an occupied ``out_dir``; nothing is written then.
+        ExportError: naming what failed (see :func:`export_collapsed`).
     """
     step = progress or (lambda _msg: None)
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, force)
+    bound = _allowance(allow_collapse_error)
     if variant is not None:
         found, args = get_variant(variant), dict(model_args or {})
     else:
@@ -166,18 +221,71 @@ def export_collapsed(
             f"the collapsed {found.base} outputs NaN or Inf on the probe input ({str(dtype).removeprefix('torch.')}, "
             f"{'x'.join(map(str, shape))}), first in {where or 'its final output'}; nothing was written"
         )
-    error = collapse_error(copy.deepcopy(model).to("cpu", torch.float64).eval(), found, args, probe_input(shape, torch.float64))  # the probe is on the CPU
-    if not math.isfinite(error):
-        raise ExportError(
-            f"the float64 collapse check of {found.name} gives {error} on the probe input; nothing was written"
-        )
+    op64 = copy.deepcopy(model).to("cpu", torch.float64).eval()  # the probe and the stock models are on the CPU
+    stock64 = collapsed_stock(op64, found, args, torch.float64)
+    x64 = probe_input(shape, torch.float64)
+    with torch.no_grad():
+        error = relative_difference(stock64(x64), op64(x64))
+    if not error <= bound:  # NaN too
+        wrong = next((c for c in chain_errors(op64, stock64, x64) if not c.error <= bound), None)
+        raise _inexact(found.name, found.base, error, bound, allow_collapse_error is not None, wrong)
+    return CheckedCollapse(found, state, stock, error, shape, None if allow_collapse_error is None else bound)
+
+
+def export_collapsed(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    variant: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    metadata: ExportMetadata | None = None,
+    allow_collapse_error: float | None = None,
+) -> ExportResult:
+    """Write ``model``'s collapsed weights as a standard checkpoint of its base architecture.
+
+    Args:
+        model: an op model (from the registry, or any model with the variant's structure).
+        out_dir: the export folder (created; must be empty or absent unless ``force``).
+        variant: the variant name, when ``model`` was not built by ``overparam_zoo``.
+        model_args: kwargs its base was built with (``num_classes``, ...), with ``variant``.
+        force: replace an existing non-empty ``out_dir``.
+        progress: called with a short description before each step.
+        metadata: the training run (``ExportMetadata.from_checkpoint``) and explicit preprocessing,
+            labels and license; without training arguments the base's preprocessing is kept, with a
+            :class:`~overparam_zoo.sharing.metadata.MetadataWarning`.
+        allow_collapse_error: accept a float64 collapse error (relative) up to this instead of
+            :data:`~overparam_zoo.sharing.verify.COLLAPSE_ERROR_BOUND`, for a converter that
+            knowingly approximates; ``config.json`` records it (``allowed_collapse_error``).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ExportError: for a model that does not fit its base architecture, a bias gained inside
+            a chain with no BatchNorm to fold into, NaN or Inf in the weights, the collapsed weights
+            or the probe output (a diverged run), a collapse that is not exact (a float64 error
+            above the bound, naming the first chain that disagrees with its stock layer),
+            preprocessing or labels that do not fit the model, or an occupied ``out_dir``;
+            nothing is written then.
+    """
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force)
+    step = progress or (lambda _msg: None)
+    checked = check_collapse(
+        model, variant=variant, model_args=model_args, allow_collapse_error=allow_collapse_error, progress=step
+    )
+    found, state, stock, error = checked.variant, checked.state, checked.stock, checked.error
     described = describe_weights(stock, metadata)  # the config fields of these weights, checked before writing
     step(f"writing {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         config = export_format(found.zoo).config(
-            stock, found.base, {**described, PROVENANCE_KEY: provenance(found, error, shape)}
+            stock,
+            found.base,
+            {**described, PROVENANCE_KEY: provenance(found, error, checked.probe_shape, allowed=checked.allowed)},
         )
         params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters()))
         ExportFolder.write(tmp, state, config, render_model_card(config, found, metadata, params=params))

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from overparam_zoo.checkpoints.folder import ExportFolder
+from overparam_zoo.checkpoints.folder import ALLOWED_KEY, PROVENANCE_KEY, ExportFolder
 from overparam_zoo.checkpoints.formats import export_format
 from overparam_zoo.errors import ExportFolderError
 from overparam_zoo.registry.recipe import Variant
@@ -226,7 +226,7 @@ def _transformers_usage(config: Mapping[str, Any]) -> str:
 
 
 def _provenance_section(config: Mapping[str, Any], variant: Variant, metadata: ExportMetadata | None) -> str:
-    prov = config.get("overparam_zoo") or {}
+    prov = config.get(PROVENANCE_KEY) or {}
     options = ", ".join(f"{k}={v}" for k, v in sorted(variant.options.items()) if k != "depth")
     rows = [
         ("variant", f"`{variant.name}`"),
@@ -238,7 +238,12 @@ def _provenance_section(config: Mapping[str, Any], variant: Variant, metadata: E
         (
             "collapse error",
             f"{float(prov.get('max_collapse_error', float('nan'))):.1e} (max relative output difference, op model "
-            f"vs this export, float64, probe input {'x'.join(str(s) for s in prov.get('probe_input_size', []))})",
+            f"vs this export, float64, probe input {'x'.join(str(s) for s in prov.get('probe_input_size', []))})"
+            + (
+                f"; **not an exact collapse**: exported with an allowed collapse error of {prov[ALLOWED_KEY]:g}"
+                if ALLOWED_KEY in prov
+                else ""
+            ),
         ),
     ]
     if metadata is not None and metadata.checkpoint:
@@ -327,12 +332,14 @@ def render_model_card(
     """
     base_model = base_model_id(variant, metadata)
     license_id = metadata.license if metadata is not None else None
+    inexact = ALLOWED_KEY in (config.get(PROVENANCE_KEY) or {})
+    how = "approximately (see the collapse error under Provenance)" if inexact else "exactly"
     matter = yaml.safe_dump(_front_matter(variant, metadata, license_id, base_model), sort_keys=False)
     sections = [
         f"---\n{matter}---\n",
         f"# {variant.base}, trained over-parameterized as {variant.name}\n",
         f"Weights of the stock `{variant.base}` architecture, trained as the linearly over-parameterized variant "
-        f"`{variant.name}` with overparam-zoo and collapsed exactly back to `{variant.base}`. "
+        f"`{variant.name}` with overparam-zoo and collapsed {how} back to `{variant.base}`. "
         f"The folder is a plain {variant.zoo} checkpoint (`model.safetensors` + `config.json`).\n",
         "## Model details\n\n" + _details(config, variant, params, license_id, base_model) + "\n",
         "## How to use\n\n" + _usage(config, variant),

@@ -3,7 +3,9 @@
 :func:`validate_export` checks that a folder is what ``overparam-zoo export`` writes and that
 plain timm (or torchvision) can load it: the files, ``config.json``, the model card's front
 matter, and the weights' keys and shapes against the base architecture, loaded with
-``strict=True``, none of them NaN or Inf. :func:`push_export` then uploads exactly the listed files with
+``strict=True``, none of them NaN or Inf, and a recorded collapse error within the bound the export
+held it to (:data:`~overparam_zoo.sharing.verify.COLLAPSE_ERROR_BOUND`, or the
+``allowed_collapse_error`` an export told to accept more records). :func:`push_export` then uploads exactly the listed files with
 ``huggingface_hub`` (``create_repo`` + ``upload_folder``). A bad folder is the one-line
 :class:`~overparam_zoo.errors.ExportFolderError` every command gives for it (the folder is read by
 :class:`~overparam_zoo.checkpoints.folder.ExportFolder`, its card by
@@ -22,7 +24,7 @@ from overparam_zoo.checkpoints.folder import CARD_NAME, ExportFolder
 from overparam_zoo.errors import PublishError
 from overparam_zoo.extras import require
 from overparam_zoo.sharing.model_card import check_front_matter, point_card_at
-from overparam_zoo.sharing.verify import first_names, non_finite
+from overparam_zoo.sharing.verify import COLLAPSE_ERROR_BOUND, first_names, non_finite
 
 __all__ = ["PUSH_STEPS", "PushResult", "hub_client", "hub_token", "push_export", "validate_export", "validate_repo_id"]
 
@@ -93,6 +95,15 @@ def _validated(folder: str | Path) -> tuple[ExportFolder, list[Path]]:
             "diverged weights are not published"
         )
     export.load_model(state, device="meta")
+    error, allowed = export.collapse_error, export.allowed_collapse_error
+    bound = COLLAPSE_ERROR_BOUND if allowed is None else allowed
+    if not error <= bound:  # the export checked it; a folder from an older version, or edited by hand, may not hold
+        held = f"the bound {bound:g} of an exact collapse" if allowed is None else f"the {bound:g} its export allowed"
+        raise PublishError(
+            f"{export.config_path} records a collapse error of {error:.1e}, above {held}: these weights do not compute "
+            "what the op model computed, so they are not published; export the checkpoint again (the export names "
+            "the first layer that disagrees)"
+        )
     return export, _files(export.path)
 
 
@@ -106,7 +117,8 @@ def validate_export(folder: str | Path) -> list[Path]:
         ExportFolderError: naming the first problem of the folder (missing file, bad config, card
             without front matter, weights that do not load strictly into the architecture
             ``config.json`` names).
-        PublishError: without ``huggingface_hub``, or for weights holding NaN or Inf.
+        PublishError: without ``huggingface_hub``, for weights holding NaN or Inf, or a recorded
+            collapse error above the bound its export was held to.
     """
     return _validated(folder)[1]
 

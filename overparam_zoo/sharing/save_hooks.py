@@ -2,7 +2,9 @@
 
 :class:`ExportOnSave` is a callback for custom loops; :func:`install_checkpoint_saver_hook`
 makes timm's ``CheckpointSaver`` call it. The hook never ends a training run: an export that
-fails (a diverged epoch's NaN weights, ...) is skipped with a warning naming why. Importing :mod:`overparam_zoo.export_on_save`
+fails (a diverged epoch's NaN weights, a collapse that is not exact, ...) is skipped with a
+warning naming why; the saved checkpoint can be exported later (``overparam-zoo export``, with
+``--allow-collapse-error`` for a converter that knowingly approximates). Importing :mod:`overparam_zoo.export_on_save`
 installs the hook (the opt-in for timm's ``train.py --device-modules``).
 """
 
@@ -33,18 +35,33 @@ class ExportOnSave:
     Args:
         out_dir: the folder that receives one export folder per tag.
         variant, model_args: for models not built by ``overparam_zoo`` (see ``export_collapsed``).
+        allow_collapse_error: accept an inexact collapse up to this error (see ``export_collapsed``).
     """
 
-    def __init__(self, out_dir: str | Path, *, variant: str | None = None, model_args: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        variant: str | None = None,
+        model_args: dict[str, Any] | None = None,
+        allow_collapse_error: float | None = None,
+    ):
         self.out_dir = Path(out_dir)
         self.variant = variant
         self.model_args = model_args
+        self.allow_collapse_error = allow_collapse_error
 
     def __call__(self, model: nn.Module, tag: str = "last", metadata: ExportMetadata | None = None) -> ExportResult:
         """Export ``model``; ``metadata`` describes the training run (see ``export_collapsed``)."""
         target = self.out_dir / f"collapsed-{tag}"
         result = export_collapsed(
-            model, target, variant=self.variant, model_args=self.model_args, force=True, metadata=metadata
+            model,
+            target,
+            variant=self.variant,
+            model_args=self.model_args,
+            force=True,
+            metadata=metadata,
+            allow_collapse_error=self.allow_collapse_error,
         )
         logger.info("overparam_zoo: exported collapsed %s to %s", result.config["architecture"], target)
         return result
