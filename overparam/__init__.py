@@ -3,6 +3,9 @@
 Huh et al., "The Low-Rank Simplicity Bias in Deep Networks", TMLR 2023.
 """
 
+from .versions import MIN_TORCH  # noqa: F401 - first: a too-old torch fails here, in one line
+
+# isort: split
 from .chain import OverparamChain
 from .convert import (
     ConversionReport,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .compose import _apply_to_constant, bn_affine, collapse_chain
 from .cost import prefer_composed
 from .plan import ChainPlan
+from .versions import is_autocast_enabled, is_compiling
 
 __all__ = ["OverparamChain", "TrainPath", "PathChoice"]
 
@@ -175,8 +176,10 @@ class OverparamChain(nn.Module):
     def effective_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """Collapse the chain now, with autograd, in the parameters' dtype (never autocast)."""
         device_type = self.factors[0].weight.device.type
-        # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs)
-        no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
+        # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs); the
+        # context only where autocast is on: torch.export before torch 2.5 cannot trace it
+        autocast_on = device_type != "meta" and is_autocast_enabled(device_type)
+        no_autocast = torch.autocast(device_type, enabled=False) if autocast_on else nullcontext()
         with no_autocast:
             return collapse_chain(
                 self.plan,
@@ -201,7 +204,7 @@ class OverparamChain(nn.Module):
         return self._cache[1], self._cache[2]
 
     def _weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return self.effective_weight_and_bias()
         tensors = self._state_tensors()
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -293,9 +296,10 @@ class OverparamChain(nn.Module):
         sources = plan.skip_sources
         saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
         norms = self.norms
-        fold = norms is not None and self.training and not torch.compiler.is_compiling()
+        fold = norms is not None and self.training and not is_compiling()
         folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of the batch norm before this factor
-        for i, factor in enumerate(self.factors, start=1):
+        for index, factor in enumerate(self.factors):  # enumerate(start=1) is beyond torch 2.2's compiler
+            i = index + 1
             if i == 1 and first_padding is not None:
                 x = _CONV_FUNCTIONS[plan.ndim](
                     x, factor.weight, factor.bias, factor.stride, first_padding, factor.dilation, factor.groups
@@ -361,14 +365,14 @@ class OverparamChain(nn.Module):
         shape = tuple(x.shape)
         # counted for forward + backward: the input's own gradient is only paid when needed
         needs_input_grad = x.requires_grad
-        if torch.compiler.is_compiling():
+        if is_compiling():
             # Traced once per graph and folded to a constant; reading or filling the memo here
             # would guard on its contents and recompile after the first compiled call.
             return prefer_composed(self.plan, shape, needs_input_grad)
         key: tuple = (shape, needs_input_grad)
         measure = self._path_choice == "measure" and not self.plan.batch_norm and torch.is_grad_enabled()
         if measure:
-            key += (x.dtype, x.device, torch.is_autocast_enabled(x.device.type))
+            key += (x.dtype, x.device, is_autocast_enabled(x.device.type))
         choice = self._path_by_shape.get(key)
         if choice is None:
             if measure:
@@ -499,7 +503,7 @@ def _fold_batch_norm(bn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
         or bn.running_mean is None
         or bn.weight.dtype != x.dtype
         or x.numel() < max(_FOLD_MIN_ELEMENTS, x.shape[1] + 1)
-        or torch.is_autocast_enabled(x.device.type)
+        or is_autocast_enabled(x.device.type)
     ):
         return None
     bn.num_batches_tracked.add_(1)

@@ -21,9 +21,8 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from torch.compiler import is_compiling
-
 from .plan import ChainPlan
+from .versions import is_compiling
 
 __all__ = [
     "expanded_macs",

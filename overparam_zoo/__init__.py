@@ -5,6 +5,9 @@ torchvision's registries, so ``timm.create_model("resnet18_op_d2")`` works, and 
 ``train.py --device-modules overparam_zoo`` picks them up.
 """
 
+from overparam_zoo import versions  # noqa: F401 - first: a too-old torch or timm fails here, in one line
+
+# isort: split
 from overparam import collapse, collapsed_state_dict
 from overparam_zoo.errors import (
     CheckpointError,

@@ -32,8 +32,15 @@ def _seed():
 
 
 #: set by pytest itself, and by sklearn/joblib/threadpoolctl on import and torch's inductor on compile
+#: (older torch also sets its cache folder when dynamo first runs, e.g. torch 2.9's strict export)
 _OTHERS_ENV = frozenset(
-    {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
+    {
+        "PYTEST_CURRENT_TEST",
+        "KMP_DUPLICATE_LIB_OK",
+        "KMP_INIT_AT_FORK",
+        "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+        "TORCHINDUCTOR_CACHE_DIR",
+    }
 )
 
 

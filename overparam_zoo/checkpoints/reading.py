@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from overparam.versions import safe_globals
 from overparam_zoo.errors import CheckpointError, first_line
 
 __all__ = ["read_checkpoint", "read_metadata", "named_architectures", "looks_like_file"]
@@ -30,7 +31,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         return {}
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():  # our message, not torch's advice to load it unsafely

@@ -122,6 +122,7 @@ def make_loaders(
     common = dict(
         **data_config(data, settings),
         num_workers=0,
+        persistent_workers=False,  # timm < 1.0.31 defaults to True, which torch refuses without workers
         use_prefetcher=False,
         device=torch.device(settings.device),
     )

@@ -168,8 +168,12 @@ class TimmZoo(Zoo):
             from timm.models._hub import get_model_input_config
 
             return tuple(get_model_input_config(model)["input_size"])
-        except (ImportError, KeyError, AttributeError):
-            return tuple(model.pretrained_cfg["input_size"])
+        except (ImportError, KeyError, AttributeError):  # timm < 1.0.31: the cfg's size, the first conv's channels
+            size = tuple(model.pretrained_cfg["input_size"])
+            try:
+                return (model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels, *size[1:])
+            except (KeyError, TypeError, AttributeError):
+                return size
 
     def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Any = None) -> dict[str, Any]:
         from timm.models import get_pretrained_cfg
@@ -189,9 +193,11 @@ class TimmZoo(Zoo):
         return args
 
     def write_config(self, model: nn.Module, architecture: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
-        from timm.models._hub import save_config_for_hf
+        from timm.models import _hub
 
-        save_config_for_hf(model, str(path), model_config=extra)
+        if not hasattr(_hub, "get_model_args"):  # timm < 1.0.31 records no build arguments: keep the channels
+            extra = {**extra, "model_args": {"in_chans": self.input_size(model)[0], **extra.get("model_args", {})}}
+        _hub.save_config_for_hf(model, path, model_config=extra)  # a Path: timm < 1.0.31 calls path.open()
         config = json.loads(path.read_text())
         # loaders pass these themselves: transformers builds ``timm.create_model(architecture,
         # num_classes=num_labels, **model_args)`` (a repeated key is a TypeError), timm reads the top level
