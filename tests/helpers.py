@@ -40,3 +40,31 @@ def tiny_op_net(batch_norm: bool) -> nn.Module:
         nn.Linear(16, 10),
     )
     return overparameterize(base, depth=2, batch_norm=batch_norm)
+
+
+def int8_layers(program: torch.export.ExportedProgram) -> tuple[list[str], list[str]]:
+    """The convs and linears of a PT2E INT8 program: those that run on INT8 data (input a uint8
+    activation quantized then dequantized, weight an int8 constant dequantized per channel: the
+    pattern inductor fuses into INT8 kernels) and those that do not, by node name."""
+    module = program.module()
+    aten, qd = torch.ops.aten, torch.ops.quantized_decomposed
+    int8, other = [], []
+    for node in module.graph.nodes:
+        if node.op != "call_function" or node.target not in (aten.conv2d.default, aten.linear.default):
+            continue
+        x, w = node.args[0], node.args[1]
+        ok = (
+            x.target == qd.dequantize_per_tensor.default
+            and x.args[-1] == torch.uint8
+            and x.args[0].target == qd.quantize_per_tensor.default
+            and w.target == qd.dequantize_per_channel.default
+            and w.args[-1] == torch.int8
+            and w.args[0].op == "get_attr"
+        )
+        if ok:
+            constant = module
+            for part in w.args[0].target.split("."):
+                constant = getattr(constant, part)
+            ok = constant.dtype == torch.int8
+        (int8 if ok else other).append(node.name)
+    return int8, other

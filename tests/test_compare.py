@@ -26,6 +26,8 @@ from overparam_zoo.experiments.report import welch_verdict
 from overparam_zoo.experiments.training import TrainSettings, data_config
 from overparam_zoo.sharing.metadata import MetadataWarning
 
+from .helpers import int8_layers
+
 BASE, OP = "mobilenetv3_small_100", "mobilenetv3_small_100_op_d2"
 TINY = ["--epochs", "1", "-b", "12", "--input-size", "16", "--warmup-epochs", "0", "--threads", "1", "--seeds", "2"]
 CLASSES = ("dark", "light", "stripes")
@@ -308,23 +310,45 @@ def test_grayscale_data_is_served_as_rgb_to_a_model_that_takes_rgb():
     assert digits.test[0][0].mode == "L"  # the grayscale data is left as it was
 
 
-@pytest.mark.slow  # two PT2E quantizations: ~25 s
-def test_int8_measures_every_deployed_model(folder, tmp_path, capsys):
+@pytest.mark.slow  # two runs, each trained and quantized: ~50 s
+def test_int8_measures_every_deployed_model(folder, tmp_path, capsys, monkeypatch):
     """``--int8``: each run's deployed model (the stock model, the op model's reloaded export) is
-    quantized; its float32 top-1, measured by the quantizer on the same test split, must equal
-    the top-1 compare measured, and the table gains the INT8 columns."""
+    quantized into an INT8 program, and what results.json records is that program's: its top-1
+    and its agreement with the deployed model, recomputed here from the program compare built
+    (kept by a wrapper around the real ``quantize_model``) on the test images it was measured on.
+    Its float32 top-1 must equal the top-1 compare measured; the table gains the INT8 columns."""
+    from overparam_zoo.sharing import quantize
+
+    built = []
+
+    def keep(model, calibration, evaluation, **kwargs):
+        batches = list(evaluation)
+        result = real(model, calibration, batches, **kwargs)
+        built.append((model, batches, result.program))
+        return result
+
+    real = quantize.quantize_model
+    monkeypatch.setattr(quantize, "quantize_model", keep)
     out = tmp_path / "out"
-    argv = ["--models", OP, "--data-dir", str(folder), "--out", str(out), *TINY, "--seeds", "1"]
+    argv = ["--models", BASE, OP, "--data-dir", str(folder), "--out", str(out), *TINY, "--seeds", "1"]
     assert main(["compare", *argv, "--int8", "--calibration-images", "20"]) == 0
     table = capsys.readouterr().out
     assert "INT8 top-1 %" in table and "INT8 drop (pp)" in table
     results = json.loads((out / "results.json").read_text())
-    for run in results["runs"]:
+    assert len(built) == len(results["runs"]) == 2
+    for run, (model, batches, program) in zip(results["runs"], built):
         int8 = run["int8"]
         float32 = run["deployed"]["top1"] if run["deployed"] else run["top1"]
         assert int8["float32_top1"] == float32, run["model"]
+        int8_found, float_found = int8_layers(program)  # the program really is INT8:
+        assert len(int8_found) == 53 and float_found in ([], ["linear"])  # torchao keeps the classifier in float
+        images, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        with torch.no_grad():
+            int8_predicted, float_predicted = program.module()(images).argmax(1), model.eval()(images).argmax(1)
+        assert int8["top1"] == float((int8_predicted == targets).double().mean()), run["model"]
+        assert int8["agreement"] == float((int8_predicted == float_predicted).double().mean()), run["model"]
         assert int8["drop"] == pytest.approx(int8["float32_top1"] - int8["top1"], abs=1e-12)
-        assert 0 <= int8["agreement"] <= 1 and int8["calibration_images"] == 20
+        assert int8["calibration_images"] == 20
     assert all(s["int8"]["top1"]["per_seed"] for s in results["models"])
     with pytest.raises(CompareError, match=r"^calibration_images=0: expected at least 1$"):
         run_compare([BASE], seeds=1, data_dir=folder, int8=True, calibration_images=0, out=tmp_path / "o")
