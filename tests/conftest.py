@@ -85,7 +85,8 @@ def _process_state() -> dict[str, object]:
 @pytest.fixture(autouse=True)
 def _no_leaks(request):
     """Fail the test that leaves process-wide state changed (registries, plugins, no-trace lists,
-    environment, umask, ...); the environment and umask are put back so the next test is not hit."""
+    environment, umask, ...); the environment, umask, working folder and torch's threads and
+    default dtype are put back so the next test is not hit (tests/test_isolation.py)."""
     before = _process_state()
     yield
     after = _process_state()
@@ -103,6 +104,8 @@ def _no_leaks(request):
             details.append(f"{key}: {before[key]} -> {after[key]}")
     os.umask(int(str(before["umask"]), 8))
     os.chdir(str(before["cwd"]))
+    torch.set_num_threads(int(before["torch threads"]))
+    torch.set_default_dtype(before["torch default dtype"])
     pytest.fail(f"{request.node.nodeid} left process-wide state changed: " + "; ".join(details), pytrace=False)
 
 

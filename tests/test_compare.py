@@ -170,7 +170,7 @@ def test_exported_stock_models_reproduce_the_op_models(compared, folder):
     assert all(r["deployed"] is None for r in results["runs"] if r["model"] == BASE)
 
 
-def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path):
+def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path, monkeypatch):
     finished, _, _ = compared
     out = tmp_path / "out"
     shutil.copytree(finished, out, ignore=shutil.ignore_patterns("exports"))
@@ -180,9 +180,23 @@ def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path):
     (out / "results.json").unlink()
     before = {p.name + p.parent.name: p.read_text() for p in (out / "runs").rglob("seed*.json")}
     settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
-    threads = torch.get_num_threads()
-    result = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
-    assert torch.get_num_threads() == threads  # pinned to settings.threads during the runs only
+    from overparam_zoo.experiments import compare
+
+    threads_in_training = []
+
+    def train_model(*args, **kwargs):  # the real one, noting the threads it trains with
+        threads_in_training.append(torch.get_num_threads())
+        return real_train_model(*args, **kwargs)
+
+    real_train_model = compare.train_model
+    monkeypatch.setattr(compare, "train_model", train_model)
+    torch.set_num_threads(2)  # not the session's one thread, so that pinning and restoring show
+    try:
+        result = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
+        assert torch.get_num_threads() == 2  # restored after the runs
+    finally:
+        torch.set_num_threads(1)
+    assert threads_in_training == [1]  # pinned to settings.threads for the run it redid
     assert result.trained == [(OP, 1)]
     assert sorted(result.resumed) == [(BASE, 0), (BASE, 1), (OP, 0)]
     after = {p.name + p.parent.name: p.read_text() for p in (out / "runs").rglob("seed*.json")}

@@ -68,7 +68,8 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str
     path = Path(path)
     meta = read_metadata(path)
     try:
-        state = load_state_dict(str(path), use_ema=use_ema)
+        with safe_globals([argparse.Namespace]):  # timm < 1.0.31 loads weights_only without allowing train.py's args
+            state = load_state_dict(str(path), use_ema=use_ema)
     except Exception as err:
         raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
