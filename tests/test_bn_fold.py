@@ -123,10 +123,15 @@ def test_no_fold_at_skip_nodes_under_autocast_or_in_eval(fold_every_map):
     reference.train()
     # a residual chain folds only where no skip leaves or enters; the rest runs as modules
     assert relative_error(layer(x), layer_expanded_reference(reference, x)) < TOL
-    bf16 = OverparamConv2d(4, 4, 3, padding=1, batch_norm=True).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = bf16(torch.randn(2, 4, 8, 8))
-    assert out.dtype == torch.bfloat16 and int(bf16.norms[0].num_batches_tracked) == 1
+    # under autocast the batch norms run as modules: autograd saves the maps the modules save
+    # one by one, where the fold (without autocast) saves fewer
+    bf16 = OverparamConv2d(8, 8, 3, depth=3, padding=1, batch_norm=True).train()
+    images = torch.randn(2, 8, 8, 8, requires_grad=True)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            chain = sorted(saved_storages(lambda: bf16(images)))
+            modules = sorted(saved_storages(lambda: unfolded_forward(copy.deepcopy(bf16), images)))
+        assert (chain == modules) == autocast, f"autocast={autocast}: {chain} vs {modules}"
     layer.eval()
     with torch.no_grad():
         assert relative_error(layer.expanded_forward(x), layer(x)) < TOL
