@@ -124,9 +124,10 @@ def test_no_fold_at_skip_nodes_under_autocast_or_in_eval(fold_every_map):
     # a residual chain folds only where no skip leaves or enters; the rest runs as modules
     assert relative_error(layer(x), layer_expanded_reference(reference, x)) < TOL
     # under autocast the batch norms run as modules: autograd saves the maps the modules save
-    # one by one, where the fold (without autocast) saves fewer
-    bf16 = OverparamConv2d(8, 8, 3, depth=3, padding=1, batch_norm=True).train()
-    images = torch.randn(2, 8, 8, 8, requires_grad=True)
+    # one by one, where the fold (without autocast) saves fewer. A bfloat16 chain, so that the
+    # maps have the batch norms' dtype under autocast too and only the autocast check stops the fold
+    bf16 = OverparamConv2d(8, 8, 3, depth=3, padding=1, batch_norm=True).to(torch.bfloat16).train()
+    images = torch.randn(2, 8, 8, 8, dtype=torch.bfloat16, requires_grad=True)
     for autocast in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             chain = sorted(saved_storages(lambda: bf16(images)))
