@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import overparam.chain
 from overparam import OverparamConv1d, OverparamConv2d, OverparamLinear
 
-from .helpers import randomize_, relative_error
+from .helpers import randomize_, relative_error, unfolded_forward
 
 TOL = 1e-10
 
@@ -22,22 +22,6 @@ TOL = 1e-10
 def fold_every_map(monkeypatch):
     """The fold for maps of any size (by default only maps worth it are folded)."""
     monkeypatch.setattr(overparam.chain, "_FOLD_MIN_ELEMENTS", 0)
-
-
-def unfolded_forward(layer, x):
-    """The chain factor by factor with every batch norm module run on its map (no skips)."""
-    plan = layer.plan
-    lead = None
-    if plan.ndim == 0:
-        lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    for i, (factor, bn) in enumerate(zip(layer.factors, layer.norms)):
-        if i == 0 and plan.ndim:
-            conv = {1: F.conv1d, 2: F.conv2d}[plan.ndim]
-            x = conv(x, factor.weight, factor.bias, factor.stride, plan.conv_padding, factor.dilation, factor.groups)
-        else:
-            x = factor(x)
-        x = bn(x)
-    return x if lead is None else x.reshape(*lead, x.shape[-1])
 
 
 CASES = {
