@@ -468,7 +468,9 @@ def test_int8_of_a_trained_export_is_close_to_float32_and_reloads_in_a_fresh_pro
     result = subprocess.run(run, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     fresh = torch.load(tmp_path / "out.pt")
-    in_process = torch.export.load(folder / INT8_NAME).module()
+    saved = torch.export.load(folder / INT8_NAME)
+    assert [len(found) for found in int8_layers(saved)] == [16, 0]  # the file holds the INT8 program
+    in_process = saved.module()
     with torch.no_grad():
         expected = in_process(images)
     torch.testing.assert_close(fresh["all"], expected, rtol=1e-5, atol=1e-5)
