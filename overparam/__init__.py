@@ -3,6 +3,9 @@
 Huh et al., "The Low-Rank Simplicity Bias in Deep Networks", TMLR 2023.
 """
 
+from .compat import MIN_TORCH  # noqa: F401 - first: a too-old torch fails here, in one line
+
+# isort: split
 from ._version import __version__
 from .analysis import LayerSpectrum, effective_rank, embedding_effective_rank, singular_values, spectrum
 from .chain import OverparamChain

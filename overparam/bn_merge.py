@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .compat import is_autocast_enabled
 from .compose import _apply_to_constant
 
 __all__ = ["MERGE_MIN_ELEMENTS", "merge_batch_norm", "scale_input_channels"]
@@ -72,7 +73,7 @@ def merge_batch_norm(bn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
         or bn.num_batches_tracked is None
         or bn.weight.dtype != x.dtype
         or x.numel() < max(MERGE_MIN_ELEMENTS, x.shape[1] + 1)
-        or torch.is_autocast_enabled(x.device.type)
+        or is_autocast_enabled(x.device.type)
     ):
         return None
     bn.num_batches_tracked.add_(1)

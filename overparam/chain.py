@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bn_merge import merge_batch_norm, scale_input_channels
+from .compat import is_autocast_enabled, is_compiling
 from .compose import bn_affine, collapse_chain
 from .cost import prefer_composed
 from .path_timing import time_paths
@@ -198,8 +199,10 @@ class OverparamChain(nn.Module):
         """Collapse the chain now, with autograd, in the parameters' dtype (never autocast)."""
         factors, norms = self.factor_layers, self.norm_layers
         device_type = factors[0].weight.device.type
-        # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs)
-        no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
+        # autocast has no "meta" backend (models built on the meta device for shapes or FLOPs); the
+        # context only where autocast is on: torch.export before torch 2.5 cannot trace it
+        autocast_on = device_type != "meta" and is_autocast_enabled(device_type)
+        no_autocast = torch.autocast(device_type, enabled=False) if autocast_on else nullcontext()
         with no_autocast:
             return collapse_chain(
                 self.plan,
@@ -224,7 +227,7 @@ class OverparamChain(nn.Module):
         return self._cache[1], self._cache[2]
 
     def _weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return self.effective_weight_and_bias()
         tensors = self._state_tensors()
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -314,16 +317,21 @@ class OverparamChain(nn.Module):
         sources = plan.skip_sources
         saved: dict[int, Tensor] = {0: x} if 0 in sources else {}
         norms = self.norm_layers
-        merge = norms is not None and self.training and not torch.compiler.is_compiling()
+        merge = norms is not None and self.training and not is_compiling()
         merged: tuple[Tensor, Tensor] | None = None  # (scale, shift) of the batch norm before this factor
-        for i, factor in enumerate(self.factor_layers, start=1):
+        for index, factor in enumerate(self.factor_layers):  # enumerate(start=1) is beyond torch 2.2's compiler
+            i = index + 1
             if i == 1 and first_padding is not None:
                 x = _CONV_FUNCTIONS[plan.ndim](
                     x, factor.weight, factor.bias, factor.stride, first_padding, factor.dilation, factor.groups
                 )
             elif merged is not None:
                 weight, bias = scale_input_channels(factor.weight, factor.bias, *merged, plan.groups)
-                x = F.linear(x, weight, bias) if isinstance(factor, nn.Linear) else factor._conv_forward(x, weight, bias)
+                x = (
+                    F.linear(x, weight, bias)
+                    if isinstance(factor, nn.Linear)
+                    else factor._conv_forward(x, weight, bias)
+                )
                 merged = None
             else:
                 x = factor(x)
@@ -350,14 +358,14 @@ class OverparamChain(nn.Module):
         shape = tuple(x.shape)
         # counted for forward + backward: the input's own gradient is only paid when needed
         needs_input_grad = x.requires_grad
-        if torch.compiler.is_compiling():
+        if is_compiling():
             # Traced once per graph and folded to a constant; reading or filling the memo here
             # would guard on its contents and recompile after the first compiled call.
             return prefer_composed(self.plan, shape, needs_input_grad)
         key: tuple = (shape, needs_input_grad)
         measure = self._path_choice == "measure" and not self.plan.batch_norm and torch.is_grad_enabled()
         if measure:
-            key += (x.dtype, x.device, torch.is_autocast_enabled(x.device.type))
+            key += (x.dtype, x.device, is_autocast_enabled(x.device.type))
         choice = self._path_by_shape.get(key)
         if choice is None:
             if measure:

@@ -21,8 +21,7 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from torch.compiler import is_compiling
-
+from .compat import is_compiling
 from .plan import ChainPlan
 
 __all__ = [

@@ -11,6 +11,9 @@ The one other import path meant for users is :mod:`overparam_zoo.export_on_save`
 timm's ``train.py --device-modules`` imports to export on every checkpoint save.
 """
 
+from overparam_zoo import compat  # noqa: F401 - first: a too-old torch or timm fails here, in one line
+
+# isort: split
 from overparam import __version__, collapse, collapsed_state_dict
 from overparam_zoo.checkpoints.folder import ExportFolder
 from overparam_zoo.checkpoints.loading import load_model

@@ -31,8 +31,8 @@ def _seed():
     torch.manual_seed(0)
 
 
-#: set by pytest itself, by sklearn/joblib/threadpoolctl on import, and by torch's inductor on compile
-#: (and its cache folder on the first optimizer step of a process)
+#: set by pytest itself, and by sklearn/joblib/threadpoolctl on import and torch's inductor on compile
+#: (older torch also sets its cache folder when dynamo first runs, e.g. torch 2.9's strict export)
 _OTHERS_ENV = frozenset(
     {
         "PYTEST_CURRENT_TEST",
@@ -85,7 +85,8 @@ def _process_state() -> dict[str, object]:
 @pytest.fixture(autouse=True)
 def _no_leaks(request):
     """Fail the test that leaves process-wide state changed (registries, plugins, no-trace lists,
-    environment, umask, ...); the environment and umask are put back so the next test is not hit."""
+    environment, umask, ...); the environment, umask, working folder and torch's threads and
+    default dtype are put back so the next test is not hit (tests/test_isolation.py)."""
     before = _process_state()
     yield
     after = _process_state()
@@ -103,6 +104,8 @@ def _no_leaks(request):
             details.append(f"{key}: {before[key]} -> {after[key]}")
     os.umask(int(str(before["umask"]), 8))
     os.chdir(str(before["cwd"]))
+    torch.set_num_threads(int(before["torch threads"]))
+    torch.set_default_dtype(before["torch default dtype"])
     pytest.fail(f"{request.node.nodeid} left process-wide state changed: " + "; ".join(details), pytrace=False)
 
 

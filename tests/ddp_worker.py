@@ -100,7 +100,9 @@ def run(mode: str, steps: int, dtype: torch.dtype, device: torch.device) -> dict
 
     # every rank must hold the same weights: compare a fingerprint across ranks
     flat = torch.cat([v.flatten().double() for v in state.values()])
-    fingerprint = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device)).sum()])
+    fingerprint = torch.stack(
+        [flat.sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device)).sum()]
+    )
     gathered = [torch.empty_like(fingerprint) for _ in range(world)]
     dist.all_gather(gathered, fingerprint)
     ranks_equal = all(torch.equal(gathered[0], f) for f in gathered)

@@ -221,6 +221,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_timm_model, capsys):
     from overparam_zoo.cli import main
 
     missing = tmp_path / "nope.pth"
+
     def error_lines():  # progress lines ("spectrum: 1/2 loading ...") may come before the error
         err = capsys.readouterr().err
         assert "Traceback" not in err

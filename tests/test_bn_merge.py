@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import overparam.bn_merge
 from overparam import OverparamConv1d, OverparamConv2d, OverparamLinear
 
-from .helpers import randomize_, relative_error
+from .helpers import randomize_, relative_error, unfolded_forward
 
 TOL = 1e-10
 
@@ -22,22 +22,6 @@ TOL = 1e-10
 def fold_every_map(monkeypatch):
     """The fold for maps of any size (by default only maps worth it are folded)."""
     monkeypatch.setattr(overparam.bn_merge, "MERGE_MIN_ELEMENTS", 0)
-
-
-def unfolded_forward(layer, x):
-    """The chain factor by factor with every batch norm module run on its map (no skips)."""
-    plan = layer.plan
-    lead = None
-    if plan.ndim == 0:
-        lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    for i, (factor, bn) in enumerate(zip(layer.factors, layer.norms)):
-        if i == 0 and plan.ndim:
-            conv = {1: F.conv1d, 2: F.conv2d}[plan.ndim]
-            x = conv(x, factor.weight, factor.bias, factor.stride, plan.conv_padding, factor.dilation, factor.groups)
-        else:
-            x = factor(x)
-        x = bn(x)
-    return x if lead is None else x.reshape(*lead, x.shape[-1])
 
 
 CASES = {
@@ -123,10 +107,16 @@ def test_no_fold_at_skip_nodes_under_autocast_or_in_eval(fold_every_map):
     reference.train()
     # a residual chain folds only where no skip leaves or enters; the rest runs as modules
     assert relative_error(layer(x), layer_expanded_reference(reference, x)) < TOL
-    bf16 = OverparamConv2d(4, 4, 3, padding=1, batch_norm=True).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = bf16(torch.randn(2, 4, 8, 8))
-    assert out.dtype == torch.bfloat16 and int(bf16.norms[0].num_batches_tracked) == 1
+    # under autocast the batch norms run as modules: autograd saves the maps the modules save
+    # one by one, where the fold (without autocast) saves fewer. A bfloat16 chain, so that the
+    # maps have the batch norms' dtype under autocast too and only the autocast check stops the fold
+    bf16 = OverparamConv2d(8, 8, 3, depth=3, padding=1, batch_norm=True).to(torch.bfloat16).train()
+    images = torch.randn(2, 8, 8, 8, dtype=torch.bfloat16, requires_grad=True)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            chain = sorted(saved_storages(lambda: bf16(images)))
+            modules = sorted(saved_storages(lambda: unfolded_forward(copy.deepcopy(bf16), images)))
+        assert (chain == modules) == autocast, f"autocast={autocast}: {chain} vs {modules}"
     layer.eval()
     with torch.no_grad():
         assert relative_error(layer.expanded_forward(x), layer(x)) < TOL

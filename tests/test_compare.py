@@ -27,6 +27,8 @@ from overparam_zoo.experiments.report import welch_verdict
 from overparam_zoo.experiments.training import TrainSettings, data_config
 from overparam_zoo.sharing.metadata import MetadataWarning
 
+from .helpers import int8_layers
+
 BASE, OP = "mobilenetv3_small_100", "mobilenetv3_small_100_op_d2"
 TINY = ["--epochs", "1", "-b", "12", "--input-size", "16", "--warmup-epochs", "0", "--threads", "1", "--seeds", "2"]
 CLASSES = ("dark", "light", "stripes")
@@ -169,7 +171,7 @@ def test_exported_stock_models_reproduce_the_op_models(compared, folder):
     assert all(r["deployed"] is None for r in results["runs"] if r["model"] == BASE)
 
 
-def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path):
+def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path, monkeypatch):
     finished, _, _ = compared
     out = tmp_path / "out"
     shutil.copytree(finished, out, ignore=shutil.ignore_patterns("exports"))
@@ -179,9 +181,23 @@ def test_resume_redoes_only_the_lost_run(compared, folder, tmp_path):
     (out / "results.json").unlink()
     before = {p.name + p.parent.name: p.read_text() for p in (out / "runs").rglob("seed*.json")}
     settings = TrainSettings(epochs=1, batch_size=12, input_size=16, warmup_epochs=0, threads=1)
-    threads = torch.get_num_threads()
-    result = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
-    assert torch.get_num_threads() == threads  # pinned to settings.threads during the runs only
+    from overparam_zoo.experiments import compare
+
+    threads_in_training = []
+
+    def train_model(*args, **kwargs):  # the real one, noting the threads it trains with
+        threads_in_training.append(torch.get_num_threads())
+        return real_train_model(*args, **kwargs)
+
+    real_train_model = compare.train_model
+    monkeypatch.setattr(compare, "train_model", train_model)
+    torch.set_num_threads(2)  # not the session's one thread, so that pinning and restoring show
+    try:
+        result = run_compare([OP], seeds=2, data_dir=folder, settings=settings, out=out)
+        assert torch.get_num_threads() == 2  # restored after the runs
+    finally:
+        torch.set_num_threads(1)
+    assert threads_in_training == [1]  # pinned to settings.threads for the run it redid
     assert result.trained == [(OP, 1)]
     assert sorted(result.resumed) == [(BASE, 0), (BASE, 1), (OP, 0)]
     after = {p.name + p.parent.name: p.read_text() for p in (out / "runs").rglob("seed*.json")}
@@ -309,23 +325,45 @@ def test_grayscale_data_is_served_as_rgb_to_a_model_that_takes_rgb():
     assert digits.test[0][0].mode == "L"  # the grayscale data is left as it was
 
 
-@pytest.mark.slow  # two PT2E quantizations: ~25 s
-def test_int8_measures_every_deployed_model(folder, tmp_path, capsys):
+@pytest.mark.slow  # two runs, each trained and quantized: ~50 s
+def test_int8_measures_every_deployed_model(folder, tmp_path, capsys, monkeypatch):
     """``--int8``: each run's deployed model (the stock model, the op model's reloaded export) is
-    quantized; its float32 top-1, measured by the quantizer on the same test split, must equal
-    the top-1 compare measured, and the table gains the INT8 columns."""
+    quantized into an INT8 program, and what results.json records is that program's: its top-1
+    and its agreement with the deployed model, recomputed here from the program compare built
+    (kept by a wrapper around the real ``quantize_model``) on the test images it was measured on.
+    Its float32 top-1 must equal the top-1 compare measured; the table gains the INT8 columns."""
+    from overparam_zoo.sharing import quantize
+
+    built = []
+
+    def keep(model, calibration, evaluation, **kwargs):
+        batches = list(evaluation)
+        result = real(model, calibration, batches, **kwargs)
+        built.append((model, batches, result.program))
+        return result
+
+    real = quantize.quantize_model
+    monkeypatch.setattr(quantize, "quantize_model", keep)
     out = tmp_path / "out"
-    argv = ["--models", OP, "--data-dir", str(folder), "--out", str(out), *TINY, "--seeds", "1"]
+    argv = ["--models", BASE, OP, "--data-dir", str(folder), "--out", str(out), *TINY, "--seeds", "1"]
     assert main(["compare", *argv, "--int8", "--calibration-images", "20"]) == 0
     table = capsys.readouterr().out
     assert "INT8 top-1 %" in table and "INT8 drop (pp)" in table
     results = json.loads((out / "results.json").read_text())
-    for run in results["runs"]:
+    assert len(built) == len(results["runs"]) == 2
+    for run, (model, batches, program) in zip(results["runs"], built):
         int8 = run["int8"]
         float32 = run["deployed"]["top1"] if run["deployed"] else run["top1"]
         assert int8["float32_top1"] == float32, run["model"]
+        int8_found, float_found = int8_layers(program)  # the program really is INT8:
+        assert len(int8_found) == 53 and float_found in ([], ["linear"])  # torchao keeps the classifier in float
+        images, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        with torch.no_grad():
+            int8_predicted, float_predicted = program.module()(images).argmax(1), model.eval()(images).argmax(1)
+        assert int8["top1"] == float((int8_predicted == targets).double().mean()), run["model"]
+        assert int8["agreement"] == float((int8_predicted == float_predicted).double().mean()), run["model"]
         assert int8["drop"] == pytest.approx(int8["float32_top1"] - int8["top1"], abs=1e-12)
-        assert 0 <= int8["agreement"] <= 1 and int8["calibration_images"] == 20
+        assert int8["calibration_images"] == 20
     assert all(s["int8"]["top1"]["per_seed"] for s in results["models"])
     with pytest.raises(CompareError, match=r"^calibration_images=0: expected at least 1$"):
         run_compare([BASE], seeds=1, data_dir=folder, int8=True, calibration_images=0, out=tmp_path / "o")
@@ -448,7 +486,10 @@ def test_learning_curve_with_an_lr_sweep_on_an_image_folder(folder, tmp_path, ca
         (["--train-size", "0.0"], "--train-size 0.0: expected a fraction in (0, 1], or images per class as an int"),
         (["--lr-sweep", "0.1", "-1"], "--lr-sweep [0.1, -1.0]: expected one or more distinct positive learning"),
         (["--lr-sweep", "0.1", "0.1"], "--lr-sweep [0.1, 0.1]: expected one or more distinct positive learning"),
-        (["--lr-sweep", "0.1", "--validation-fraction", "1"], "--validation-fraction 1.0: expected a fraction in (0, 1)"),
+        (
+            ["--lr-sweep", "0.1", "--validation-fraction", "1"],
+            "--validation-fraction 1.0: expected a fraction in (0, 1)",
+        ),
         (["--updates", "0"], "--updates 0: expected at least 1"),
         (["--train-size", "2", "--lr-sweep", "0.1"], "larger than the 3 images the learning-rate sweep trains on"),
     ],

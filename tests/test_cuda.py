@@ -2,8 +2,11 @@
 
 Every ``test_cuda_*`` test is marked ``cuda`` and skips without a GPU (``pytest -m cuda`` runs
 them where one exists; ``benchmarks/device_check.sh`` does). Each one calls a helper that takes
-the device as a parameter, and the ``test_cpu_*`` tests run the same helpers on the CPU, so the
-logic of every CUDA test is executed on every machine, GPU or not.
+the device as a parameter, and the ``test_cpu_*`` tests run the same helpers on the CPU, except
+what needs a second device or the GPU's compiler: the eval-cache twin moves between dtypes only,
+the collapse-grid twin has no CPU-vs-GPU comparison, DDP's CPU run (gloo) is
+tests/test_distributed.py's, and the compile twins run ``aot_eager`` (fast) and inductor's CPU
+code generation (slow) where the GPU test runs inductor's CUDA code generation.
 
 Tolerances follow from the dtype and the size of the computation: ``tolerance`` below.
 """
@@ -39,7 +42,7 @@ from overparam import (
 from overparam.path_timing import time_paths
 from overparam_zoo.sharing.export import export_collapsed
 
-from .helpers import randomize_, relative_error, tiny_op_net
+from .helpers import randomize_, relative_error, stock_counterpart, tiny_op_net
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -90,20 +93,22 @@ TOL64 = 1e-10
 
 
 def check_collapse_grid(device: str) -> float:
-    """Worst float64 error of collapsed eval vs factor-by-factor, on ``device``; each layer's
-    output also equals the CPU's."""
+    """Worst float64 error of collapsed eval vs factor-by-factor, on ``device``; on another
+    device than the CPU, each layer's output is also compared with the CPU's (the CPU twin has
+    no second device: that comparison is the one thing it does not run)."""
     worst = 0.0
     with no_tf32():
         for _name, build, shape in GRID:
             layer = randomize_(build()).double().eval()
             x = torch.randn(shape, dtype=torch.float64)
             with torch.no_grad():
-                on_cpu = layer(x)
+                on_cpu = layer(x) if device != "cpu" else None
                 layer.to(device)
                 out = layer(x.to(device))
                 assert out.device.type == device
                 worst = max(worst, relative_error(out, layer.expanded_forward(x.to(device))))
-                worst = max(worst, relative_error(out.cpu(), on_cpu))
+                if on_cpu is not None:
+                    worst = max(worst, relative_error(out.cpu(), on_cpu))
     return worst
 
 
@@ -124,14 +129,21 @@ def grads(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.detach().float().flatten() for p in model.parameters()])
 
 
-def check_amp_train_step(device: str, dtype: torch.dtype, batch_norm: bool) -> None:
-    """One SGD step under autocast (with ``GradScaler`` for float16) against float32: the loss
-    and the unscaled gradients agree within :func:`tolerance`, every factor gets a finite,
-    non-zero gradient, and the step is taken (no overflow skipped it)."""
-    model = tiny_op_net(batch_norm).to(device).train()
-    reference = copy.deepcopy(model)
-    x = torch.randn(8, 3, 16, 16, device=device)
-    y = torch.arange(8, device=device) % 10
+#: how much more than its stock counterpart an op model may lose to reduced precision, in
+#: logits and in gradients (norm). Measured on the CPU (2026-12-06, 6 batches): 0.8-1.35x for
+#: chains without batch norm against their collapsed layers, 1.00x for chains with batch norm
+#: against their factors and norms run as modules (the same operations). A gradient off by 2x is
+#: a relative error of ~1, 15-50x the stock counterpart's own (0.002-0.03).
+AMP_MARGIN = 2.0
+
+
+def amp_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of ``model`` under autocast (``GradScaler`` for float16): its float32
+    logits and unscaled gradients. Checks that the chains ran in ``dtype``, no overflow
+    skipped the step, and every factor got a finite, non-zero gradient and moved."""
+    device = x.device.type
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler(device, init_scale=2.0**8, enabled=dtype == torch.float16)
@@ -141,24 +153,43 @@ def check_amp_train_step(device: str, dtype: torch.dtype, batch_norm: bool) -> N
     assert logits.dtype == dtype  # the chains really ran in reduced precision
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
-    amp_grads = grads(model)
+    unscaled = grads(model)
     scaler.step(opt)
     scaler.update()
     assert scaler.get_scale() == (2.0**8 if scaler.is_enabled() else 1.0)  # no inf/nan found
-
-    ref_loss = F.cross_entropy(reference(x), y)
-    ref_loss.backward()
-    tol = tolerance(dtype, **TINY)
-    assert abs(float(loss.detach()) - float(ref_loss)) < tol * float(ref_loss)
-    # the backward rounds the saved activations and the incoming gradients too, and a batch
-    # norm of 8 samples divides by their spread: 4x the forward's bound, in norm
-    reference_grads = grads(reference)
-    assert float((amp_grads - reference_grads).norm() / reference_grads.norm()) < 4 * tol
     for chain in (m for m in model.modules() if isinstance(m, OverparamChain)):
         for factor in chain.factors:
             g = factor.weight.grad
             assert g is not None and bool(torch.isfinite(g).all()) and float(g.abs().max()) > 0
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.grad is not None)
+    return logits.detach().float(), unscaled
+
+
+def float32_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    return logits.detach(), grads(model)
+
+
+def check_amp_train_step(device: str, dtype: torch.dtype, batch_norm: bool) -> None:
+    """One SGD step under autocast against float32, for the op model and for its stock
+    counterpart (:func:`~tests.helpers.stock_counterpart`, the same function in stock layers):
+    the op model's relative error in logits and in gradients stays within :data:`AMP_MARGIN`
+    of the stock counterpart's own."""
+    model = tiny_op_net(batch_norm).to(device).train()
+    x = torch.randn(8, 3, 16, 16, device=device)
+    y = torch.arange(8, device=device) % 10
+    errors = {}
+    for name, net in (("op", model), ("stock", stock_counterpart(model))):
+        logits, amp_grads = amp_step(copy.deepcopy(net), x, y, dtype)
+        ref_logits, ref_grads = float32_step(copy.deepcopy(net), x, y)
+        errors[name] = (
+            float((logits - ref_logits).norm() / ref_logits.norm()),
+            float((amp_grads - ref_grads).norm() / ref_grads.norm()),
+        )
+    (op_logits, op_grads), (stock_logits, stock_grads) = errors["op"], errors["stock"]
+    assert op_logits < AMP_MARGIN * stock_logits, errors
+    assert op_grads < AMP_MARGIN * stock_grads, errors
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
@@ -270,8 +301,14 @@ def check_compiled_train_and_eval(device: str, backend: str, batch_norm: bool, s
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
 def test_cpu_compile_logic_aot_eager(batch_norm):
-    # inductor on the CPU is tests/test_compat.py's (slow: C++ compilation)
+    # the graphs and autograd of the CUDA test without inductor's code generation (fast)
     assert check_compiled_train_and_eval("cpu", "aot_eager", batch_norm) == 2
+
+
+@pytest.mark.slow  # inductor compiles C++ for the CPU: ~1 min
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_cpu_compile_inductor_train_and_eval(batch_norm):
+    assert check_compiled_train_and_eval("cpu", "inductor", batch_norm) == 2
 
 
 @cuda_test

@@ -41,7 +41,12 @@ from .helpers import relative_error
 ROOT = Path(__file__).resolve().parents[1]
 PREPROCESSING = ExportMetadata(
     data_config=dict(
-        input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3, crop_mode="center"
+        input_size=(3, 32, 32),
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        crop_mode="center",
     )
 )
 
@@ -210,7 +215,11 @@ def test_readme_and_examples_import_only_the_public_api():
 
 # --------------------------------------------------------------------------- torchvision discovery
 def test_get_model_weights_of_a_variant_is_the_bases_enum():
-    for variant, base in (("alexnet_op_d2", "alexnet"), ("resnet18_op_d2", "resnet18"), ("squeezenet1_1_op_d4", "squeezenet1_1")):
+    for variant, base in (
+        ("alexnet_op_d2", "alexnet"),
+        ("resnet18_op_d2", "resnet18"),
+        ("squeezenet1_1_op_d4", "squeezenet1_1"),
+    ):
         assert torchvision.models.get_model_weights(variant) is torchvision.models.get_model_weights(base)
     builder = torchvision.models.get_model_builder("alexnet_op_d2")
     assert importlib.import_module(builder.__module__) is importlib.import_module("overparam_zoo.registry.op_models")

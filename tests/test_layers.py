@@ -342,7 +342,9 @@ def test_init_scale_zero_starts_at_zero_and_every_factor_gets_gradients(make, _s
 
 
 def test_small_init_scale_keeps_the_collapse_exact():
-    exact(OverparamConv2d(4, 6, kernel_sizes=[3, 3], padding=2, batch_norm=True, init_scale=1e-3), torch.randn(2, 4, 9, 8))
+    exact(
+        OverparamConv2d(4, 6, kernel_sizes=[3, 3], padding=2, batch_norm=True, init_scale=1e-3), torch.randn(2, 4, 9, 8)
+    )
     exact(OverparamLinear(5, 7, depth=4, init_scale=1e-2), torch.randn(3, 5))
 
 

@@ -15,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from overparam import OverparamChain, OverparamConv2d
+from overparam import OverparamChain, OverparamConv2d, collapse
 from overparam_zoo.checkpoints.folder import INT8_NAME, ExportFolder
 from overparam_zoo.cli import main
 from overparam_zoo.errors import ExportFolderError, QuantizeError
@@ -30,6 +31,8 @@ from overparam_zoo.sharing.quantize import (
     quantize_model,
     record_int8,
 )
+
+from .helpers import int8_layers, tiny_op_net
 
 pytest.importorskip("torchao")
 
@@ -97,23 +100,44 @@ def copy_of(export, tmp_path):
 # --- the op-model path a comparison calls per run (nothing written) -----------------------------
 
 
-def test_quantize_model_collapses_an_op_model_and_measures_it_against_float32():
+def test_every_conv_and_linear_of_the_int8_program_runs_on_int8():
+    """The program quantize_model returns is INT8 where it counts: each conv and linear of the
+    collapsed op model (BN folded into its conv) takes a quantized activation and an int8 weight
+    constant; none is left in float."""
     torch.manual_seed(0)
     model = create_model("test_resnet_op_d2", num_classes=10, in_chans=1).eval()
     gen = torch.Generator().manual_seed(0)
-    calibration = [(torch.randn(8, 1, SIZE, SIZE, generator=gen), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
-    images = torch.randn(12, 1, SIZE, SIZE, generator=gen)
-    with torch.no_grad():
-        targets = model(images).argmax(1)  # float32 is right on every image by construction
-    quantized = quantize_model(model, calibration, [(images[:5], targets[:5]), (images[5:], targets[5:])])
-    acc = quantized.accuracy
-    assert (acc.calibration_images, acc.evaluation_images, acc.float32_top1) == (16, 12, 1.0)
+    batch = (torch.randn(8, 1, SIZE, SIZE, generator=gen), torch.zeros(8, dtype=torch.long))
+    quantized = quantize_model(model, [batch], [batch])
+    stock = collapse(copy.deepcopy(model))
+    int8, other = int8_layers(quantized.program)
+    assert other == [] and len(int8) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in stock.modules()) == 16
+    assert any(isinstance(m, OverparamChain) for m in model.modules())  # the op model itself is untouched
+
+
+def test_quantize_model_measures_its_program_against_float32_on_labels_of_their_own():
+    """float32 and INT8 top-1 and their agreement are those of the float model and of the program
+    returned, on labels that are not the float model's predictions. The data make the three
+    differ: per-image offsets vary an untrained net's predictions, and calibrating without them
+    makes INT8 clip, so it disagrees with float32 on some images."""
+    model = tiny_op_net(batch_norm=True).eval()
+    gen = torch.Generator().manual_seed(0)
+    calibration = [(torch.randn(8, 3, SIZE, SIZE, generator=gen), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    x = torch.randn(48, 3, SIZE, SIZE, generator=gen) + 3 * torch.randn(48, 3, 1, 1, generator=gen)
+    targets = torch.randint(0, 10, (48,), generator=gen)
+    quantized = quantize_model(model, calibration, [(x[:5], targets[:5]), (x[5:], targets[5:])])
+    assert [len(found) for found in int8_layers(quantized.program)] == [3, 0]
     int8 = quantized.program.module()
     with torch.no_grad():
-        predicted = torch.cat([int8(images[i : i + 1]) for i in range(12)]).argmax(1)  # batch 1 too
-        assert torch.equal(int8(images).argmax(1), predicted)
-    assert acc.agreement == acc.int8_top1 == float((predicted == targets).double().mean())
-    assert any(isinstance(m, OverparamChain) for m in model.modules())  # the op model itself is untouched
+        float_predicted, int8_predicted = model(x).argmax(1), int8(x).argmax(1)
+        one_by_one = torch.cat([int8(x[i : i + 1]) for i in range(len(x))]).argmax(1)  # batch 1 too
+    assert torch.equal(int8_predicted, one_by_one)
+    acc = quantized.accuracy
+    assert (acc.calibration_images, acc.evaluation_images) == (16, 48)
+    assert acc.float32_top1 == float((float_predicted == targets).double().mean())
+    assert acc.int8_top1 == float((int8_predicted == targets).double().mean())
+    assert acc.agreement == float((int8_predicted == float_predicted).double().mean())
+    assert 0 < acc.agreement < 1 and acc.float32_top1 != acc.int8_top1  # the data can tell the measures apart
 
 
 def test_quantize_model_refuses_empty_calibration_and_labels_out_of_range():
@@ -441,7 +465,9 @@ def test_int8_of_a_trained_export_is_close_to_float32_and_reloads_in_a_fresh_pro
     result = subprocess.run(run, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     fresh = torch.load(tmp_path / "out.pt")
-    in_process = torch.export.load(folder / INT8_NAME).module()
+    saved = torch.export.load(folder / INT8_NAME)
+    assert [len(found) for found in int8_layers(saved)] == [16, 0]  # the file holds the INT8 program
+    in_process = saved.module()
     with torch.no_grad():
         expected = in_process(images)
     torch.testing.assert_close(fresh["all"], expected, rtol=1e-5, atol=1e-5)

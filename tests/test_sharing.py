@@ -243,9 +243,16 @@ def test_metadata_that_does_not_fit_the_model_is_refused_before_writing(tmp_path
         (["--label-names", str(tmp_path / "three.txt")], "3 label names for a model with 4 classes"),
         (["--label-names", str(tmp_path / "labels.csv")], r"expected a \.txt file with one class name per line"),
         (["--label-names", str(tmp_path / "nope.txt")], "no label names file at"),
-        (["--input-size", "1", "32", "32"], "preprocessing does not fit resnet18: Requested 1 input channels"),
-        (["--mean", "0.1", "0.2"], "mean must have one value or 3 values"),
     ]
+    if hasattr(timm.data, "resolve_input_data_config"):  # timm >= 1.0.31 checks the channels against the model
+        cases.append(
+            (["--input-size", "1", "32", "32"], "preprocessing does not fit resnet18: Requested 1 input channels")
+        )
+        cases.append((["--mean", "0.1", "0.2"], "mean must have one value or 3 values"))
+    else:  # older timm asserts, without a message
+        cases.append(
+            (["--mean", "0.1", "0.2"], r"does not fit resnet18: AssertionError in timm's resolver \(timm >= 1")
+        )
     for flags, message in cases:
         argv = ["export", str(tmp_path / "w.pth"), "--model", "resnet18_op_d2", "--out", str(tmp_path / "out")]
         assert main([*argv, *flags]) == 1

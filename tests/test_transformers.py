@@ -144,11 +144,13 @@ def test_export_loads_in_transformers_and_predicts_what_timm_predicts(tmp_path):
 
 
 def test_export_loads_in_transformers_from_an_offline_hub_cache(tmp_path, offline_hub):
-    folder, _ = export(tmp_path)
+    folder, op = export(tmp_path)
     put_in_hub_cache(folder, offline_hub, "someone/digits-resnet18")
     images = [image.convert("RGB") for image in digits(4)]
     expected, _ = timm_logits("hf-hub:someone/digits-resnet18", images)
-    logits, _, model = transformers_logits("someone/digits-resnet18", images)
+    logits, x, model = transformers_logits("someone/digits-resnet18", images)
+    with torch.no_grad():
+        assert relative_error(logits, op(x)) < 1e-5  # what the op model predicts on transformers' input
     assert torch.equal(logits, expected) and model.config.id2label[3] == "three"
     assert_pipeline_agrees("someone/digits-resnet18", images, expected)
 
@@ -156,12 +158,14 @@ def test_export_loads_in_transformers_from_an_offline_hub_cache(tmp_path, offlin
 def test_one_channel_export_in_transformers(tmp_path):
     """The image processor keeps a grayscale PIL image as it is; the pipeline makes PIL images RGB,
     so it is given H x W x 1 arrays, as the card says."""
-    folder, _ = export(tmp_path, chans=1)
+    folder, op = export(tmp_path, chans=1)
     assert json.loads((folder / "config.json").read_text())["model_args"]["in_chans"] == 1
     images = digits()
     expected, timm_x = timm_logits(f"local-dir:{folder}", images)
     logits, x, _ = transformers_logits(str(folder), images)
     assert x.shape[1] == 1 and torch.equal(x, timm_x) and torch.equal(logits, expected)
+    with torch.no_grad():
+        assert relative_error(logits, op(x)) < 1e-5  # what the op model predicts on transformers' input
     assert_pipeline_agrees(str(folder), [np.asarray(image)[:, :, None] for image in images], expected)
     card = (folder / "README.md").read_text()
     assert "numpy.asarray(image)[:, :, None]" in card and 'convert("L")' in card
@@ -203,7 +207,9 @@ def test_cli_and_train_py_hook_exports_load_in_transformers(tmp_path, checkpoint
     images = [image.convert("RGB") for image in digits(3)]
     for folder in (tmp_path / "cli", run / "collapsed-last", run / "collapsed-best"):
         expected, _ = timm_logits(f"local-dir:{folder}", images)
-        logits, _, hf = transformers_logits(str(folder), images)
+        logits, x, hf = transformers_logits(str(folder), images)
+        with torch.no_grad():
+            assert relative_error(logits, model(x)) < 1e-5, folder  # the op model's prediction on that input
         assert torch.equal(logits, expected), folder
         assert hf.config.id2label == dict(enumerate(LABELS)), folder
 

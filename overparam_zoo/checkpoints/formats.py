@@ -14,7 +14,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -50,16 +50,22 @@ class TimmFormat(ExportFormat):
     library_name = "timm"
 
     def config(self, model: nn.Module, architecture: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-        try:  # private, in every timm the project supports (>= 1.0); the only writer of timm's config
-            from timm.models._hub import save_config_for_hf
+        try:  # private, in every timm the project supports; the only writer of timm's config
+            from timm.models import _hub
         except ImportError as err:
             raise ExportError(f"this timm has no config writer (timm.models._hub.save_config_for_hf): {err}") from err
+        if not hasattr(_hub, "get_model_args"):  # timm < 1.0.31 records no build arguments: keep the channels
+            from overparam_zoo.registry.zoos import pretrained_input_size
+
+            channels = pretrained_input_size(model)[0]
+            extra = {**extra, "model_args": {"in_chans": channels, **extra.get("model_args", {})}}
 
         # timm's writer only writes a file: it renders into a scratch file, read back here, so
         # the export folder's config.json is written once, whole, by the folder
         with tempfile.TemporaryDirectory(prefix="overparam-zoo-config-") as scratch:
             path = Path(scratch) / CONFIG_NAME
-            save_config_for_hf(model, str(path), model_config=dict(extra))
+            # a Path: timm < 1.0.31 calls path.open() (its annotation says str)
+            _hub.save_config_for_hf(model, cast(Any, path), model_config=dict(extra))
             config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         # loaders pass these themselves: transformers builds ``timm.create_model(architecture,
         # num_classes=num_labels, **model_args)`` (a repeated key is a TypeError), timm reads the top level

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from overparam.compat import safe_globals
 from overparam_zoo.errors import CheckpointError, first_line
 
 __all__ = ["read_checkpoint", "named_architectures", "looks_like_file"]
@@ -44,7 +45,7 @@ def _load(path: Path) -> Any:
         except Exception as err:
             raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with safe_globals([argparse.Namespace]):  # torch 2.4 has only a process-wide list
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         # torch raises every refusal of weights_only loading as "Weights only load failed ..."

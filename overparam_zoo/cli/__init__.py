@@ -15,7 +15,18 @@ import sys
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS: tuple[str, ...] = ("demo", "compare", "list", "show", "run", "export", "quantize", "push", "verify", "spectrum")
+COMMANDS: tuple[str, ...] = (
+    "demo",
+    "compare",
+    "list",
+    "show",
+    "run",
+    "export",
+    "quantize",
+    "push",
+    "verify",
+    "spectrum",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,5 +53,3 @@ def main(argv: list[str] | None = None) -> int:
     except OverparamZooError as err:
         print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
         return 1
-
-

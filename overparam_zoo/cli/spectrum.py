@@ -25,7 +25,6 @@ from overparam_zoo.extras import require
 __all__ = ["register", "run", "format_table", "plot_spectrum"]
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``spectrum`` subcommand.
 

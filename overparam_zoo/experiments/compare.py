@@ -435,6 +435,7 @@ def _sweep_one(run: _Run) -> dict[str, Any]:
 def _choice(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The learning rate of the best validation top-1 (ties: the lower validation loss; a
     diverged candidate's loss is ``None``)."""
+
     def score(record: dict[str, Any]) -> tuple[float, float]:
         loss = record["validation_loss"]
         return record["validation_top1"], -(math.inf if loss is None else loss)

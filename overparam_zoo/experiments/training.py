@@ -117,6 +117,7 @@ def _loader_args(data: ImageData, settings: TrainSettings) -> dict[str, Any]:
     return dict(
         **data_config(data, settings),
         num_workers=0,
+        persistent_workers=False,  # timm < 1.0.31 defaults to True, which torch refuses without workers
         use_prefetcher=False,
         device=torch.device(settings.device),
     )
@@ -148,9 +149,7 @@ def make_loaders(
     return train, eval_loader(data.test, data, settings)
 
 
-def eval_loader(
-    dataset: LabelledImages, data: ImageData, settings: TrainSettings
-) -> torch.utils.data.DataLoader:
+def eval_loader(dataset: LabelledImages, data: ImageData, settings: TrainSettings) -> torch.utils.data.DataLoader:
     """A timm loader over ``dataset`` (a split of ``data``: its test images, or its training
     images to measure how well they are fitted) with the test preprocessing, in order."""
     from timm.data import create_loader

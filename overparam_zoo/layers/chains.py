@@ -211,6 +211,7 @@ _STANDARDISED_CHAINS: dict[type[nn.Module], type[OverparamConv2d]] = {
     ScaledStdConv2dSame: OverparamScaledStdConv2dSame,
 }
 
+
 def convert_timm_linear(module: nn.Module, **options: Any) -> nn.Module:
     """``timm.layers.Linear`` as a chain that fuses back to it."""
     return from_stock(module, chain_class=OverparamTimmLinear, **options)

@@ -227,7 +227,9 @@ class TorchvisionZoo(Zoo):
 
         builder = getattr(torchvision.models, name, None)
         module = getattr(builder, "__module__", "") or ""
-        is_builder = callable(builder) and not isinstance(builder, type) and not module.rsplit(".", 1)[-1].startswith("_")
+        is_builder = (
+            callable(builder) and not isinstance(builder, type) and not module.rsplit(".", 1)[-1].startswith("_")
+        )
         return builder if is_builder and module.startswith("torchvision.models.") else None
 
     @staticmethod
@@ -311,18 +313,21 @@ class TorchvisionZoo(Zoo):
         first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         return (first.in_channels, 224, 224) if isinstance(first, nn.Conv2d) else (first.in_features,)
 
-    def shape_args(
-        self, name: str, state: dict[str, torch.Tensor], variant: Variant | None = None
-    ) -> dict[str, Any]:
+    def shape_args(self, name: str, state: dict[str, torch.Tensor], variant: Variant | None = None) -> dict[str, Any]:
         linears = [k for k in state if k.endswith(".weight") and state[k].dim() == 2]
         return {"num_classes": state[linears[-1]].shape[0]} if linears else {}
 
 
 def pretrained_input_size(model: nn.Module) -> tuple[int, ...]:
     """The input size a timm model's ``pretrained_cfg`` gives (what timm before
-    ``get_model_input_config`` offers)."""
+    ``get_model_input_config`` offers), with the channels of the first conv it names (the cfg
+    keeps the pretrained weights' channels when the model is built with other ``in_chans``)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg["input_size"])
+    size = tuple(cfg["input_size"])
+    try:
+        return (model.get_submodule(cfg["first_conv"]).in_channels, *size[1:])
+    except (KeyError, TypeError, AttributeError):
+        return size
 
 
 def _map_cfg_paths(cfg: dict[str, Any], variant: Variant, model: nn.Module | None) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def resolve_training_data_config(model: nn.Module, args: Mapping[str, Any]) -> d
         config = _resolver()(model, args=dict(args))
     except (ValueError, AssertionError) as err:
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
-        raise ExportError(f"preprocessing does not fit {name}: {err or 'bad value'}") from err
+        detail = str(err) or f"{type(err).__name__} in timm's resolver (timm >= 1.0.31 names the value)"
+        raise ExportError(f"preprocessing does not fit {name}: {detail}") from err
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in DATA_KEYS}
 
 

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from overparam import OverparamChain, collapse
+from overparam.compat import version_tuple
 from overparam_zoo.checkpoints.folder import INT8_KEY, INT8_NAME, ExportFolder, package_versions
 from overparam_zoo.errors import QuantizeError, first_line
 from overparam_zoo.extras import require
@@ -110,6 +111,9 @@ class Int8Result:
     config: dict[str, Any]
 
 
+_STRICT_EXPORT = version_tuple(torch.__version__) < (2, 12)
+
+
 def _torchao() -> ModuleType:
     return require("torchao.quantization.pt2e.quantize_pt2e", "quantize", "INT8 quantization")
 
@@ -137,10 +141,10 @@ def _float_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _export(module: nn.Module, example: torch.Tensor, what: str) -> torch.export.ExportedProgram:
+def _export(module: nn.Module, example: torch.Tensor, what: str, strict: bool = False) -> torch.export.ExportedProgram:
     dims = ({0: torch.export.Dim("batch", min=1)},)
     try:
-        return torch.export.export(module, (example,), dynamic_shapes=dims)
+        return torch.export.export(module, (example,), dynamic_shapes=dims, strict=strict)
     except Exception as err:  # torch.export raises many kinds for code it cannot trace
         raise QuantizeError(f"torch.export cannot capture {what} with a dynamic batch: {first_line(err)}") from err
 
@@ -204,7 +208,9 @@ def quantize_model(
         if prepared is None:
             example = images[:1].repeat(2, 1, 1, 1)  # two images: a batch of one would be specialised
             _run(float_model, example, "calibration")
-            program = _export(float_model, example, type(float_model).__name__)
+            # torch < 2.12's non-strict export records no ``source_fn_stack``, without which the x86
+            # quantizer annotates nothing (the program would come back all float)
+            program = _export(float_model, example, type(float_model).__name__, strict=_STRICT_EXPORT)
             try:
                 prepared = pt2e.prepare_pt2e(program.module(), _quantizer())
             except Exception as err:
