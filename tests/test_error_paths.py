@@ -489,7 +489,7 @@ def _unbuildable(folder: Path) -> None:
         (
             lambda f: (f / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"garbage!"),
             # safetensors' own words after its prefix differ between its versions
-            r"{folder}/model\.safetensors: not a readable safetensors file \(Error while deserializing header: .+\)",
+            r"{folder}/model\.safetensors: not a readable safetensors file \(SafetensorError: Error while deserializing header: .+\)",
         ),
         (
             _nan_weights,
@@ -498,7 +498,7 @@ def _unbuildable(folder: Path) -> None:
         ),
         (
             _unbuildable,
-            r"config\.json does not build test_resnet: TypeError: ResNet\.__init__\(\) got an unexpected keyword "
+            r"{folder}/config\.json does not build test_resnet: TypeError: ResNet\.__init__\(\) got an unexpected keyword "
             "argument 'no_such_argument'",
         ),
     ],

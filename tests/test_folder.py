@@ -255,4 +255,6 @@ def test_timm_input_size_with_and_without_get_model_input_config(monkeypatch):
     if public is not None:  # this timm has it: the size the model is built for now
         assert get_zoo("timm").input_size(model) == tuple(public(model)["input_size"]) == (1, 224, 224)
         monkeypatch.delattr(timm.models, "get_model_input_config")
-    assert TimmZoo().input_size(model) == tuple(model.pretrained_cfg["input_size"])  # an older timm's answer
+    # an older timm's answer: the pretrained cfg's size, with the channels of the first conv it names
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224)
+    assert TimmZoo().input_size(model) == (1, 224, 224)

@@ -50,10 +50,11 @@ class TimmFormat(ExportFormat):
     library_name = "timm"
 
     def config(self, model: nn.Module, architecture: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-        try:  # private, in every timm the project supports; the only writer of timm's config
-            from timm.models import _hub
-        except ImportError as err:
-            raise ExportError(f"this timm has no config writer (timm.models._hub.save_config_for_hf): {err}") from err
+        # private, in every timm the project supports; the only writer of timm's config
+        from timm.models import _hub
+
+        if not hasattr(_hub, "save_config_for_hf"):
+            raise ExportError("this timm has no config writer (timm.models._hub.save_config_for_hf)")
         if not hasattr(_hub, "get_model_args"):  # timm < 1.0.31 records no build arguments: keep the channels
             from overparam_zoo.registry.zoos import pretrained_input_size
 
