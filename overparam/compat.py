@@ -10,7 +10,7 @@ declares, so the bounds there stay true.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,15 +69,15 @@ def _autocast_check_takes_a_device() -> bool:
     return True
 
 
-_AUTOCAST_CHECK_TAKES_A_DEVICE = _autocast_check_takes_a_device()
-
-
-def is_autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled(device_type)`` (torch >= 2.4); before it, CPU's flag, or CUDA's
-    for any other device."""
-    if _AUTOCAST_CHECK_TAKES_A_DEVICE:
-        return torch.is_autocast_enabled(device_type)
+def _per_device_type(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)`` before torch 2.4: CPU's flag, or CUDA's for any other device."""
     return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+#: ``torch.is_autocast_enabled(device_type)``; chosen once here, as it is called on every chain forward
+is_autocast_enabled: Callable[[str], bool] = (
+    torch.is_autocast_enabled if _autocast_check_takes_a_device() else _per_device_type
+)
 
 
 @contextmanager
